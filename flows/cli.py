@@ -1,0 +1,240 @@
+"""The `cook` command line: one command per stage, each running a Prefect flow.
+
+Problems the user can fix are shown as one line (`error: ...`) with a non-zero exit; tracebacks
+appear only with `--debug` (they always stay in the run's logs in the Prefect UI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="cook",
+    help="Cook a small language model from scratch: gather, process, tokenize, train, sample.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEBUG = False
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+# --- output routing -------------------------------------------------------------------------------
+
+
+class _ConsoleFilter(logging.Filter):
+    """Keep the console readable: run logs at INFO, other Prefect chatter from WARNING, no tracebacks.
+
+    Errors are left to the CLI, which prints one line; the API handler still gets every record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            return False
+        if record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        return record.levelno >= logging.WARNING
+
+
+def _route_prefect_logs() -> None:
+    """Attach the console filter to Prefect's console handlers (no-op with --debug)."""
+    if DEBUG:
+        return
+    from prefect.logging.configuration import setup_logging  # noqa: F401  (ensures Prefect set up logging)
+
+    seen = set()
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(("prefect", "uvicorn", "fastapi"))
+    ]
+    for lg in loggers:
+        for h in lg.handlers:
+            if id(h) in seen or type(h).__name__ not in ("PrefectConsoleHandler", "_SafeStreamHandler", "StreamHandler"):
+                continue
+            seen.add(id(h))
+            if not any(isinstance(f, _ConsoleFilter) for f in h.filters):
+                h.addFilter(_ConsoleFilter())
+
+
+def _prepare_env(demo: bool = False) -> None:
+    """Environment defaults set before Prefect is imported."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if demo and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+        from tasks.settings import get_settings
+
+        os.environ["PREFECT_HOME"] = str((get_settings().data_dir / "prefect").resolve())
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _progress():
+    """A rich progress display that the stages' progress bars draw into."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from tasks.progress import show_in
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as p, show_in(p):
+        yield p
+
+
+def _run(fn, *args, **kwargs):
+    """Run a flow function: route logs, show progress, turn known failures into one line."""
+    from model.errors import CookError
+
+    _route_prefect_logs()
+    try:
+        with _progress():
+            return fn(*args, **kwargs)
+    except CookError as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and Prefect's logs.")) -> None:
+    global DEBUG
+    DEBUG = DEBUG or debug
+
+
+@app.command()
+def tokenize(
+    inputs: List[str] = typer.Argument(..., help="Document parquet files, folders, globs or .txt files."),
+    encoding: str = typer.Option("gpt2", "--encoding", "-e", help="char, p50k_base, r50k_base, gpt2, cl100k_base or bpe:VOCAB_SIZE."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for token shards [default: DATA_DIR/tokens]."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Reuse the vocabulary of an earlier tokenization (char or bpe)."),
+    val_fraction: float = typer.Option(0.005, "--val-fraction", help="Share of documents for validation (by a deterministic hash)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Token dtype: auto, uint16 or uint32."),
+    shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", help="Tokens per shard."),
+) -> None:
+    """Tokenize documents into train/val binary token shards with a meta.json."""
+    _prepare_env()
+    from tasks.settings import get_settings
+    from tasks.tokenize import check_tokenize_args
+    from model.errors import CookError
+
+    out = out or get_settings().data_dir / "tokens"
+    try:
+        check_tokenize_args(inputs, encoding, dtype, tokenizer)
+    except CookError as e:
+        fail(str(e), EXIT_USAGE)
+    from flows.tokenize import tokenize_flow
+
+    result = _run(tokenize_flow, inputs=list(inputs), encoding=encoding, out=str(out),
+                  tokenizer_dir=str(tokenizer) if tokenizer else None, val_fraction=val_fraction,
+                  dtype=dtype, shard_tokens=shard_tokens)
+    typer.echo(f"tokens: {result}")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Token folder written by `cook tokenize`."),
+    run: Path = typer.Option(..., "--run", help="Run folder: checkpoints, metrics.jsonl, run.json."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed or gpt2-124m."),
+    chunks: int = typer.Option(1, "--chunks", help="Number of chunks to have trained in all."),
+    iters_per_chunk: int = typer.Option(1000, "--iters-per-chunk", help="Iterations per chunk (at most 5000)."),
+    seed: int = typer.Option(1337, "--seed", help="Base seed; each chunk derives its own."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start a new run from this checkpoint's weights."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    eval_interval: Optional[int] = typer.Option(None, "--eval-interval", help="Evaluate every N iterations [preset's]."),
+    eval_iters: Optional[int] = typer.Option(None, "--eval-iters", help="Batches per evaluation [preset's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per micro-batch [preset's]."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per step [preset's]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
+    keep_last: int = typer.Option(3, "--keep-last", help="Checkpoints to keep besides the best."),
+) -> None:
+    """Train a GPT in chunks (a checkpoint after each); the same command again resumes."""
+    _prepare_env()
+    from model.errors import CookError
+    from tasks.train import check_train_args
+
+    kwargs = dict(data=str(data), run=str(run), preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk,
+                  seed=seed, init_from=str(init_from) if init_from else None, device=device, compile=compile,
+                  eval_interval=eval_interval, eval_iters=eval_iters, batch_size=batch_size, grad_accum=grad_accum,
+                  learning_rate=lr, keep_last=keep_last)
+    try:
+        check_train_args(**kwargs)
+    except CookError as e:
+        fail(str(e), EXIT_USAGE)
+    from flows.train import train_flow
+
+    result = _run(train_flow, **kwargs)
+    if result:
+        typer.echo(f"run: {result}")
+
+
+@app.command()
+def sample(
+    target: Path = typer.Argument(..., help="A run folder or a checkpoint folder."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", help="0 for greedy decoding."),
+    top_k: Optional[int] = typer.Option(200, "--top-k", help="Sample from the k most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
+    seed: int = typer.Option(1337, "--seed", help="Sampling seed."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Print text generated by a trained model."""
+    _prepare_env()
+    from model.errors import CookError
+    from flows.sample import sample_text
+
+    try:
+        text = sample_text(str(target), prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_k=top_k, top_p=top_p, seed=seed, device=device)
+    except CookError as e:
+        fail(str(e))
+    typer.echo(text)
+
+
+@app.command()
+def demo(
+    iters_per_chunk: int = typer.Option(300, "--iters-per-chunk", help="Iterations in each of the 2 chunks."),
+) -> None:
+    """Offline end-to-end demo: corpus from Python's own docs, tokenize, train `tiny` for 2 chunks, sample."""
+    _prepare_env(demo=True)
+    from flows.demo import demo_flow, print_report
+
+    report = _run(demo_flow, iters_per_chunk=iters_per_chunk)
+    print_report(report)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `--debug` is accepted anywhere on the command line."""
+    global DEBUG
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        DEBUG = True
+    DEBUG = DEBUG or os.environ.get("COOK_DEBUG", "") not in ("", "0", "false")
+    try:
+        app(args=argv, prog_name="cook", standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if DEBUG:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The demo's offline corpus: the help topics that ship with Python itself (pydoc_data.topics)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import task
+
+from tasks.caching import OutputsCache
+from tasks.documents import now_utc, write_documents
+
+LICENSE = "PSF-2.0"
+
+
+def build_pydoc_corpus(out: Path) -> Path:
+    """Write each pydoc topic as one document to `out` (a parquet shard); return its path."""
+    from pydoc_data.topics import topics
+
+    fetched = now_utc()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    docs = (
+        {
+            "id": f"pydoc-{version}-{name}",
+            "source": "pydoc",
+            "url": f"https://docs.python.org/{version}/reference/",
+            "title": name,
+            "text": text.strip(),
+            "fetched_at": fetched,
+        }
+        for name, text in sorted(topics.items())
+        if text.strip()
+    )
+    return write_documents(out, docs)
+
+
+@task(name="build-pydoc-corpus", cache_policy=OutputsCache(outputs=lambda i: [i["out"]], version="1"),
+      persist_result=True)
+def build_pydoc_corpus_task(out: Path) -> Path:
+    return build_pydoc_corpus(out)
