@@ -70,7 +70,9 @@ def _prepare_env(demo: bool = False) -> None:
     if demo and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         from tasks.settings import get_settings
 
-        os.environ["PREFECT_HOME"] = str((get_settings().data_dir / "prefect").resolve())
+        home = (get_settings().data_dir / "prefect").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

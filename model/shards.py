@@ -10,8 +10,11 @@ Every file is written atomically; meta.json is written last, so a folder with me
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +87,9 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
 class ShardWriter:
     """Stream tokens into shards `{split}_{NNNNNN}.bin` of `shard_tokens` tokens each (the last may be shorter).
 
-    Holds at most one shard's worth of tokens in memory; each shard is written atomically.
+    Tokens go straight to a temp file (memory stays flat whatever the shard size); the header's count is
+    filled in and the file renamed into place when the shard is full or on `close()`, so a shard under its
+    final name is always whole. `digest()` is a sha256 of the whole token stream (independent of sharding).
     """
 
     def __init__(self, out_dir: str | os.PathLike, split: str, dtype: np.dtype | str, shard_tokens: int):
@@ -97,42 +102,75 @@ class ShardWriter:
         self.shard_tokens = int(shard_tokens)
         self.tokens = 0
         self.paths: list[Path] = []
-        self._buf = np.empty(min(self.shard_tokens, 1 << 24), dtype=self.dtype)
+        self._file = None
+        self._tmp: str | None = None
         self._fill = 0
+        self._sha = hashlib.sha256()
 
     def add(self, tokens: np.ndarray) -> None:
+        """Append tokens (any integer array whose values fit the shard dtype)."""
         tokens = np.asarray(tokens)
         if tokens.size and (tokens.min() < 0 or int(tokens.max()) > np.iinfo(self.dtype).max):
             raise CookError(f"token ids out of range for {self.dtype.name} shards")
-        pos = 0
-        n = tokens.size
+        data = np.ascontiguousarray(tokens, dtype=self.dtype.newbyteorder("<")).reshape(-1)
+        self._sha.update(data)
+        pos, n = 0, data.size
         while pos < n:
-            room = self.shard_tokens - self._fill
-            take = min(room, n - pos)
-            need = self._fill + take
-            if need > self._buf.size:  # grow geometrically up to one shard
-                new = np.empty(min(self.shard_tokens, max(need, 2 * self._buf.size)), dtype=self.dtype)
-                new[: self._fill] = self._buf[: self._fill]
-                self._buf = new
-            self._buf[self._fill : need] = tokens[pos : pos + take]
-            self._fill = need
-            pos += take
+            if self._file is None:
+                self._open()
+            take = min(self.shard_tokens - self._fill, n - pos)
+            self._file.write(data[pos : pos + take])
+            self._fill += take
             self.tokens += take
+            pos += take
             if self._fill == self.shard_tokens:
-                self._flush()
+                self._finish()
 
-    def _flush(self) -> None:
-        if self._fill == 0:
-            return
-        path = self.out_dir / f"{self.split}_{len(self.paths):06d}.bin"
-        write_shard(path, self._buf[: self._fill])
-        self.paths.append(path)
+    def _open(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.split}_{len(self.paths):06d}.bin.", suffix=".tmp", dir=self.out_dir)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(_header(self.dtype, 0))
         self._fill = 0
 
+    def _finish(self) -> None:
+        f, self._file = self._file, None
+        f.seek(0)
+        f.write(_header(self.dtype, self._fill))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        path = self.out_dir / f"{self.split}_{len(self.paths):06d}.bin"
+        os.replace(self._tmp, path)
+        self.paths.append(path)
+        self._tmp, self._fill = None, 0
+
+    def digest(self) -> str:
+        """sha256 of every token added so far, as little-endian `dtype` bytes."""
+        return self._sha.hexdigest()
+
     def close(self) -> list[Path]:
-        """Write the last partial shard; return every shard path written, in order."""
-        self._flush()
+        """Finish the last partial shard; return every shard path written, in order."""
+        if self._file is not None:
+            self._finish()
         return list(self.paths)
+
+    def abort(self) -> None:
+        """Drop the shard being written (finished shards stay)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_meta(data_dir: str | os.PathLike, meta: dict) -> Path:

@@ -113,10 +113,11 @@ class Tokenizer:
         raise NotImplementedError
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), dtype=np.int64)
+        """`encode` as a uint32 array."""
+        return np.asarray(self.encode(text), dtype=np.uint32)
 
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[np.ndarray]:
-        """Encode many texts on `num_threads` threads (default: all cores); one int64 array per text."""
+        """Encode many texts on `num_threads` threads (default: all cores); one uint32 array per text."""
         return [self.encode_array(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -146,7 +147,7 @@ class CharTokenizer(Tokenizer):
         self.eot_id = len(chars)
         self.vocab_size = len(chars) + 1
         self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
-        self._lookup = np.array([*chars, ""], dtype=object)
+        self._lookup = np.array([*chars, EOT], dtype=object)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
@@ -163,7 +164,7 @@ class CharTokenizer(Tokenizer):
             unseen = sorted({chr(c) for c in codes[bad]})
             shown = ", ".join(repr(c) for c in unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
             raise CookError(f"characters not in the char vocabulary: {shown} (tokenize without --tokenizer to build a new one)")
-        return ids.astype(np.int64)
+        return ids.astype(np.uint32)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -172,9 +173,7 @@ class CharTokenizer(Tokenizer):
         ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() > self.eot_id):
             raise CookError(f"token id out of range for the char vocabulary of {self.vocab_size} ids")
-        return "".join(self._lookup[ids].tolist()).replace("", EOT) if False else "".join(
-            EOT if i == self.eot_id else s for i, s in zip(ids.tolist(), self._lookup[ids].tolist())
-        )
+        return "".join(self._lookup[ids].tolist())
 
     def _spec(self) -> dict:
         return {"type": "char", "name": self.name, "chars": self.chars, "eot_id": self.eot_id, "vocab_size": self.vocab_size}
@@ -211,7 +210,8 @@ class TiktokenTokenizer(Tokenizer):
         return self.enc.encode_ordinary(text)
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.fromiter(self.enc.encode_ordinary(text), dtype=np.int64)
+        # ordinary encoding straight into a uint32 buffer (no Python list); releases the GIL while encoding
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
     def _executor(self, n: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_size != n:
@@ -229,9 +229,18 @@ class TiktokenTokenizer(Tokenizer):
             pieces.extend(parts)
             counts.append(len(parts))
         if n == 1 or len(pieces) == 1:
-            arrays = [np.asarray(self.enc.encode_ordinary(p), dtype=np.int64) for p in pieces]
-        else:
-            arrays = list(self._executor(n).map(lambda p: np.asarray(self.enc.encode_ordinary(p), dtype=np.int64), pieces))
+            arrays = [self.encode_array(p) for p in pieces]
+        else:  # a few contiguous runs of similar size per thread: little scheduling overhead, balanced load
+            runs, run, size, target = [], [], 0, sum(map(len, pieces)) / (4 * n) + 1
+            for p in pieces:
+                run.append(p)
+                size += len(p)
+                if size >= target:
+                    runs.append(run)
+                    run, size = [], 0
+            if run:
+                runs.append(run)
+            arrays = [a for r in self._executor(n).map(lambda r: [self.encode_array(p) for p in r], runs) for a in r]
         out, i = [], 0
         for c in counts:
             out.append(arrays[i] if c == 1 else np.concatenate(arrays[i : i + c]))
@@ -362,9 +371,7 @@ def _tiktoken_builtin(encoding: str) -> TiktokenTokenizer:
         enc = tiktoken.get_encoding(encoding)
     except Exception as e:
         raise CookError(f"encoding '{encoding}' could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    specials = {EOT: enc.eot_token}
-    return TiktokenTokenizer(encoding, enc._pat_str, enc._mergeable_ranks, specials, n_vocab=enc.eot_token + 1 if encoding == "p50k_base" else None, builtin=True) \
-        if False else _from_encoding(encoding, enc)
+    return _from_encoding(encoding, enc)
 
 
 def _from_encoding(name: str, enc) -> TiktokenTokenizer:
@@ -437,8 +444,10 @@ def get_tokenizer(encoding: str, texts_factory: Callable[[], Iterator[str]] | No
 
 
 def load_tokenizer(folder: str | os.PathLike) -> Tokenizer:
-    """Load a tokenizer saved with `Tokenizer.save` (a folder with tokenizer.json)."""
+    """Load a tokenizer saved with `Tokenizer.save`: its folder, or a tokenized data folder holding `tokenizer/`."""
     folder = Path(folder)
+    if not (folder / TOKENIZER_JSON).is_file() and (folder / "tokenizer" / TOKENIZER_JSON).is_file():
+        folder = folder / "tokenizer"
     path = folder / TOKENIZER_JSON
     if not path.is_file():
         raise CookError(f"{folder}: no {TOKENIZER_JSON} — not a saved tokenizer folder")

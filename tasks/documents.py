@@ -56,8 +56,8 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def read_documents(path: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict]:
-    """Stream one document parquet file as dicts, one row group at a time (memory stays flat)."""
+def open_documents(path: str | os.PathLike) -> pq.ParquetFile:
+    """Open a document parquet file; CookError if it is not parquet or has no `text` column."""
     path = Path(path)
     try:
         pf = pq.ParquetFile(path)
@@ -66,6 +66,13 @@ def read_documents(path: str | os.PathLike, columns: list[str] | None = None) ->
     names = pf.schema_arrow.names
     if "text" not in names:
         raise CookError(f"{path}: no 'text' column (columns: {', '.join(names)})")
+    return pf
+
+
+def read_documents(path: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict]:
+    """Stream one document parquet file as dicts, one row group at a time (memory stays flat)."""
+    pf = open_documents(path)
+    names = pf.schema_arrow.names
     cols = [c for c in (columns or names) if c in names]
     for i in range(pf.num_row_groups):
         table = pf.read_row_group(i, columns=cols)
@@ -80,9 +87,9 @@ def iter_texts(path: str | os.PathLike) -> Iterator[str]:
         if text:
             yield text
         return
-    for row in read_documents(path, columns=["text"]):
-        if row["text"]:
-            yield row["text"]
+    pf = open_documents(path)
+    for i in range(pf.num_row_groups):
+        yield from filter(None, pf.read_row_group(i, columns=["text"]).column("text").to_pylist())
 
 
 class DocumentWriter:

@@ -1,0 +1,296 @@
+"""Tokenize stage: exact round trips, llm.c shard layout, val split, tokenizer reuse, caching, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prefect import flow
+
+from flows.tokenize import tokenize_flow
+from model.errors import CookError
+from model.shards import HEADER_INTS, ShardWriter, list_shards, load_meta, read_shard, write_shard
+from model.tokenizer import (
+    EOT,
+    R50K_SHA256,
+    get_tokenizer,
+    gpt2_ranks,
+    load_tokenizer,
+    ranks_to_tiktoken,
+    tiktoken_cache_path,
+)
+from tasks.documents import write_documents
+from tasks.tokenize import check_tokenize_args, tokenize_corpus, tokenize_task
+
+pytestmark = pytest.mark.timeout(120)
+REPO = Path(__file__).resolve().parents[1]
+
+TEXTS = [
+    "Hello world! The quick brown fox jumps over the lazy dog.",
+    "Unicode: café, naïve, Ærøskøbing, Straße — “quotes” and emoji 😀🍕👩‍👩‍👧 done.",
+    "中文文本：东京和北京。日本語のテキスト、한국어 텍스트.",
+    "  leading spaces, trailing newline\n\n\tand a tab\r\nwindows line\n",
+    "numbers 1234567890 3.14159 and code: def f(x): return x ** 2",
+    "a",
+    "Ελληνικά και русский текст, עברית, العربية.",
+]
+TXT = "A plain text file is one document.\nIt has two lines and an emoji 🎉.\n"
+
+
+def _corpus(tmp: Path, texts=TEXTS, txt: str | None = TXT, name: str = "docs.parquet") -> list[Path]:
+    docs = [{"id": str(i), "source": "test", "url": f"u{i}", "title": f"t{i}", "text": t} for i, t in enumerate(texts)]
+    files = [write_documents(tmp / name, docs)]
+    if txt is not None:
+        (tmp / "extra.txt").write_text(txt, encoding="utf-8")
+        files.append(tmp / "extra.txt")
+    return files
+
+
+def _split_docs(out: Path, split: str) -> tuple[list[str], np.ndarray]:
+    tok = load_tokenizer(out)
+    ids = np.concatenate([np.asarray(read_shard(p), dtype=np.int64) for p in list_shards(out, split)])
+    if ids.size:
+        assert ids[-1] == tok.eot_id, "every document ends with eot"
+    docs, start = [], 0
+    for end in np.flatnonzero(ids == tok.eot_id):
+        docs.append(tok.decode(ids[start:end]))
+        start = end + 1
+    return docs, ids
+
+
+# ---- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["char", "gpt2", "r50k_base", "bpe:300"])
+def test_round_trip_every_offline_encoding(tmp_path, encoding):
+    files = _corpus(tmp_path)
+    out = tokenize_corpus(files, encoding, tmp_path / "out", None, 0.3, "auto", 64, 2)
+    meta = load_meta(out)
+    train, _ = _split_docs(out, "train")
+    val, _ = _split_docs(out, "val")
+    expected = TEXTS + [TXT]
+    assert sorted(train + val) == sorted(expected)  # exact text back, unicode included
+    assert [d for d in expected if d in train] == train  # train keeps input order
+    assert len(val) >= 1 and meta["splits"]["val"]["documents"] == len(val)
+    assert meta["splits"]["train"]["documents"] == len(train)
+    assert meta["encoding"] == encoding and meta["dtype"] == "uint16"
+    assert meta["splits"]["train"]["tokens"] == sum(read_shard(p).size for p in list_shards(out, "train"))
+    names = meta["splits"]["train"]["shards"]
+    assert names == [f"train_{i:06d}.bin" for i in range(len(names))] and len(names) > 1  # rolled at 64 tokens
+    assert meta["tokenizer"]["hash"] == load_tokenizer(out / meta["tokenizer"]["dir"]).hash
+    # deterministic: same inputs -> same fingerprint and same bytes
+    again = tokenize_corpus(files, encoding, tmp_path / "again", None, 0.3, "auto", 64, 1)
+    assert load_meta(again)["fingerprint"] == meta["fingerprint"]
+    assert (again / "train_000000.bin").read_bytes() == (out / "train_000000.bin").read_bytes()
+
+
+def test_gpt2_offline_matches_published_ranks():
+    assert hashlib.sha256(ranks_to_tiktoken(gpt2_ranks())).hexdigest() == R50K_SHA256
+    tok = get_tokenizer("gpt2")
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.vocab_size == 50257 and tok.eot_id == 50256
+    assert get_tokenizer("r50k_base").hash == tok.hash
+
+
+@pytest.mark.parametrize("encoding", ["gpt2", "bpe:400"])
+def test_long_text_split_for_threads_encodes_identically(encoding):
+    """Long documents are cut at safe points to use every core: the ids must equal one-piece encoding."""
+    para = "The year 1987 saw café prices rise.\nIt's 东京 time 😀, isn't it?\n  Indented line.\n\n"
+    text = para * 40000  # ~3.4M chars: cut into pieces
+    tok = get_tokenizer(encoding, lambda: iter([para * 50]))
+    [ids] = tok.encode_batch([text], num_threads=2)
+    assert ids.tolist() == tok.encode(text)
+
+
+# ---- shard layout -----------------------------------------------------------------------------
+
+
+def test_llm_c_header_layout_uint16_and_uint32(tmp_path):
+    files = _corpus(tmp_path)
+    for dtype, magic, version, item in (("auto", 20240520, 1, 2), ("uint32", 20240801, 7, 4)):
+        out = tokenize_corpus(files, "char", tmp_path / dtype, None, 0.3, dtype, 10_000, 2)
+        shard = list_shards(out, "train")[0]
+        header = np.fromfile(shard, dtype="<i4", count=HEADER_INTS)  # what llm.c's loader reads
+        assert (header[0], header[1]) == (magic, version)
+        assert shard.stat().st_size == HEADER_INTS * 4 + int(header[2]) * item
+        raw = np.fromfile(shard, dtype="<u2" if item == 2 else "<u4", offset=HEADER_INTS * 4)
+        assert raw.tolist() == read_shard(shard).tolist()
+        assert load_meta(out)["dtype"] == ("uint16" if item == 2 else "uint32")
+
+
+def test_shard_reader_rejects_bad_and_truncated_files(tmp_path):
+    p = write_shard(tmp_path / "s.bin", np.arange(100, dtype=np.uint16))
+    assert read_shard(p).tolist() == list(range(100))
+    (tmp_path / "bad.bin").write_bytes(b"\0" * 2048)
+    with pytest.raises(CookError, match="not a token shard"):
+        read_shard(tmp_path / "bad.bin")
+    (tmp_path / "cut.bin").write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(CookError, match="header says 100 tokens, file holds 95"):
+        read_shard(tmp_path / "cut.bin")
+    w = ShardWriter(tmp_path / "w", "train", np.uint16, 7)
+    for chunk in np.array_split(np.arange(30), 4):
+        w.add(chunk)
+    paths = w.close()
+    assert [p.name for p in paths] == [f"train_{i:06d}.bin" for i in range(5)]
+    assert np.concatenate([read_shard(p) for p in paths]).tolist() == list(range(30))
+
+
+# ---- validation split -------------------------------------------------------------------------
+
+
+def test_val_always_holds_a_document(tmp_path):
+    files = _corpus(tmp_path)
+    out = tokenize_corpus(files, "gpt2", tmp_path / "out", None, 0.0, "auto", 1000, 2)
+    train, _ = _split_docs(out, "train")
+    val, _ = _split_docs(out, "val")
+    assert val == [TXT] and train == TEXTS  # the last document moved to val
+
+
+def test_single_document_corpus_splits_its_tokens(tmp_path):
+    (tmp_path / "one.txt").write_text("only one document here, " * 100, encoding="utf-8")
+    out = tokenize_corpus([tmp_path / "one.txt"], "gpt2", tmp_path / "out", None, 0.005, "auto", 1000, 2)
+    meta = load_meta(out)
+    train = np.concatenate([read_shard(p) for p in list_shards(out, "train")])
+    val = np.concatenate([read_shard(p) for p in list_shards(out, "val")])
+    assert val.size >= 2 and train.size > val.size
+    tok = load_tokenizer(out)
+    assert tok.decode(np.concatenate([train, val])) == "only one document here, " * 100 + EOT
+    assert meta["splits"]["val"]["tokens"] == val.size
+
+
+# ---- tokenizer reuse, caching -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["char", "bpe:300"])
+def test_tokenizer_reuse_gives_same_ids(tmp_path, encoding):
+    a = tokenize_corpus(_corpus(tmp_path), encoding, tmp_path / "a", None, 0.3, "auto", 10_000, 2)
+    (tmp_path / "b").mkdir()
+    subset = [TEXTS[0], TEXTS[2]]
+    b = tokenize_corpus(_corpus(tmp_path / "b", subset, None), "gpt2", tmp_path / "b_out", a / "tokenizer", 0.0, "auto", 10_000, 2)
+    ta, tb = load_tokenizer(a), load_tokenizer(b)
+    assert ta.hash == tb.hash == load_meta(b)["tokenizer"]["hash"]
+    assert load_meta(b)["encoding"] == encoding
+    ids = np.concatenate([read_shard(p) for s in ("train", "val") for p in list_shards(b, s)]).tolist()
+    assert ids == ta.encode(subset[0]) + [ta.eot_id] + ta.encode(subset[1]) + [ta.eot_id]
+
+
+def test_char_reuse_rejects_unseen_characters_and_keeps_old_output(tmp_path):
+    a = tokenize_corpus(_corpus(tmp_path, ["abc abc"], None), "char", tmp_path / "a", None, 0.0, "auto", 100, 2)
+    (tmp_path / "b").mkdir()
+    files = _corpus(tmp_path / "b", ["abc xyz"], None)
+    tokenize_corpus(files[:0] + _corpus(tmp_path / "b", ["abc"], None, "ok.parquet"), "char", tmp_path / "b_out", a, 0.0, "auto", 100, 2)
+    before = sorted(p.name for p in (tmp_path / "b_out").iterdir())
+    with pytest.raises(CookError, match="not in the char vocabulary: 'x', 'y', 'z'") as e:
+        tokenize_corpus(files, "char", tmp_path / "b_out", a, 0.0, "auto", 100, 2)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in (tmp_path / "b_out").iterdir()) == before  # old output intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b_out")]  # no temp left
+
+
+def test_flow_caches_and_reruns_on_change(tmp_path):
+    files = _corpus(tmp_path)
+    out = tmp_path / "tokens"
+    args = dict(inputs=[str(f) for f in files], encoding="gpt2", out=str(out), val_fraction=0.3, shard_tokens=1000)
+    assert tokenize_flow(**args) == str(out)
+    mtime = (out / "meta.json").stat().st_mtime_ns
+
+    @flow
+    def probe() -> str:
+        state = tokenize_task(files, "gpt2", out, None, 0.3, "auto", 1000, return_state=True)
+        return state.name
+
+    assert probe() == "Cached"
+    tokenize_flow(**args)
+    assert (out / "meta.json").stat().st_mtime_ns == mtime  # cache hit: nothing rewritten
+
+    fp = load_meta(out)["fingerprint"]
+    _corpus(tmp_path, TEXTS + ["one more document"])  # changed input -> re-tokenize
+    tokenize_flow(**args)
+    assert load_meta(out)["fingerprint"] != fp
+    assert "one more document" in _split_docs(out, "train")[0] + _split_docs(out, "val")[0]
+
+    mtime = (out / "meta.json").stat().st_mtime_ns
+    (out / "meta.json").unlink()  # deleted output -> re-tokenize
+    assert probe() == "Completed"
+    assert (out / "meta.json").stat().st_mtime_ns != mtime
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def _one_line_error(call, match: str) -> None:
+    with pytest.raises(CookError, match=match) as e:
+        call()
+    assert "\n" not in str(e.value)
+
+
+def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path):
+    files = _corpus(tmp_path)
+    (tmp_path / "empty").mkdir()
+    empty = _corpus(tmp_path / "empty", ["", ""], "")
+    out = tmp_path / "out"
+    _one_line_error(lambda: tokenize_corpus(empty, "gpt2", out), r"empty corpus: no text in 2 input file\(s\)")
+    _one_line_error(lambda: tokenize_corpus(files, "xyz", out), r"unknown encoding 'xyz' \(choose char, p50k_base")
+    _one_line_error(lambda: tokenize_corpus(files, "bpe:100", out), "at least 257")
+    _one_line_error(lambda: check_tokenize_args(files, "cl100k_base", "uint16"),
+                    r"vocabulary of 100277 ids does not fit uint16 \(max 65536\); use --dtype uint32 or auto")
+    _one_line_error(lambda: tokenize_corpus([tmp_path / "nope.parquet"], "gpt2", out), "input not found")
+    _one_line_error(lambda: tokenize_flow(inputs=[str(f) for f in empty], encoding="char", out=str(out)), "empty corpus")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_downloaded_encodings_use_tiktoken_cache_or_say_how(tmp_path, monkeypatch):
+    """p50k_base / cl100k_base come from TIKTOKEN_CACHE_DIR (no network here): missing or corrupt -> one line.
+
+    A genuine cl100k/p50k file cannot be made offline (tiktoken checks its sha256), so this shows the
+    lookup goes to the exact cache path and that a wrong file there is named in the error.
+    """
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    for enc, url in (("cl100k_base", "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"),
+                     ("p50k_base", "https://openaipublic.blob.core.windows.net/encodings/p50k_base.tiktoken")):
+        cached = tmp_path / hashlib.sha1(url.encode()).hexdigest()
+        assert tiktoken_cache_path(url) == cached
+        _one_line_error(lambda: get_tokenizer(enc), rf"needs {url}: no network .*not in TIKTOKEN_CACHE_DIR \({tmp_path}\); download it there as {cached.name}")
+        cached.write_bytes(ranks_to_tiktoken(gpt2_ranks()))  # a valid .tiktoken file, but not this encoding's
+        _one_line_error(lambda: get_tokenizer(enc), rf"{cached} has the wrong sha256")
+        assert cached.exists()  # the user's file is reported, not deleted
+
+
+# ---- memory stays flat ---------------------------------------------------------------------------
+
+_RSS_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from tasks.documents import DocumentWriter
+    from tasks.tokenize import tokenize_corpus
+    tmp = Path(sys.argv[1])
+    para = "Streaming keeps memory flat; the corpus may grow without bound. Ünïcode ok. " * 40
+    sizes = [int(a) for a in sys.argv[2:]]
+    for mb in sizes:
+        docs = ({"id": str(i), "source": "s", "url": "u", "title": "t", "text": f"{i} {para}"} for i in range(mb * 1_000_000 // len(para)))
+        with DocumentWriter(tmp / f"c{mb}.parquet", row_group_size=1024) as w:
+            for d in docs:
+                w.write(d)
+    peaks = []
+    for mb in sizes:  # the first run pays the one-time costs (tokenizer, threads)
+        tokenize_corpus([tmp / f"c{mb}.parquet"], "gpt2", tmp / f"out{mb}", None, 0.005, "auto", 1_000_000, 2)
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    print(*peaks)
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_memory_stays_flat_as_corpus_grows(tmp_path):
+    """Tokenizing a corpus 4x larger (many batches) must not raise peak memory in proportion."""
+    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path), "10", "40"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    small, big = map(int, r.stdout.split())
+    assert big - small < 15, (small, big)  # 30 MB more text (7+ more batches), far less extra memory

@@ -1,0 +1,344 @@
+"""Chunked training: checkpoints, seeds, LR continuity, resume after SIGKILL / SIGTERM, bad inputs, --init-from."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.checkpoint import load_model_file, read_state
+from model.dataloader import TokenBatches, derive_seed
+from model.errors import CookError
+from model.gpt import GPT, GPTConfig
+from model.shards import write_meta, write_shard
+from model.tokenizer import CharTokenizer
+from model.train import lr_at, prepare_run, read_run, train_worker
+from tasks.train import check_train_args
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "hat"]
+# the reference run: 3 chunks; the subprocess test must use the very same flags
+CHUNKS, ITERS, SEED = 3, 60, 7
+FLAGS = ["--chunks", CHUNKS, "--iters-per-chunk", ITERS, "--seed", SEED, "--eval-interval", ITERS, "--eval-iters", 4]
+
+
+def make_char_data(out: Path, seed: int = 0, extra_chars: str = "") -> Path:
+    """A small char-tokenized data folder (train/val shards, tokenizer/, meta.json) written by hand."""
+    rng = np.random.default_rng(seed)
+    text = " ".join(rng.choice(WORDS, size=6000)) + "."
+    tok = CharTokenizer(sorted(set(text + extra_chars)))
+    ids = tok.encode_array(text).astype(np.uint16)
+    cut = int(len(ids) * 0.9)
+    out.mkdir(parents=True, exist_ok=True)
+    write_shard(out / "train_000000.bin", ids[:cut])
+    write_shard(out / "val_000000.bin", ids[cut:])
+    tok.save(out / "tokenizer")
+    write_meta(out, {
+        "format": 1, "encoding": "char", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": "uint16",
+        "splits": {"train": {"shards": ["train_000000.bin"], "tokens": cut, "documents": 1},
+                   "val": {"shards": ["val_000000.bin"], "tokens": len(ids) - cut, "documents": 1}},
+        "fingerprint": f"{tok.hash[:16]}-{seed}", "tokenizer": {"name": "char", "dir": "tokenizer", "hash": tok.hash},
+    })
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def chunk_dirs(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir() and p.name.startswith("chunk_"))
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    ta, tb = load_file(a), load_file(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_char_data(tmp_path_factory.mktemp("data") / "tokens")
+
+
+@pytest.fixture(scope="module")
+def ref_run(data, tmp_path_factory, prefect_api) -> Path:
+    """An uninterrupted 3-chunk run through the Prefect flow, in this process."""
+    from flows.train import train_flow
+
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train_flow(data=str(data), run=str(run), preset="tiny", chunks=CHUNKS, iters_per_chunk=ITERS, seed=SEED,
+               eval_interval=ITERS, eval_iters=4)
+    return run
+
+
+def test_lr_schedule():
+    lrs = [lr_at(i, 10, 100, 1e-3, 1e-4) for i in range(120)]
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine only decays
+    assert lrs[55] == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 0.5)) * 9e-4)
+    assert all(lr == 1e-4 for lr in lrs[100:])  # past the run's length: min_lr
+
+
+def test_batches_are_stateless(data):
+    b = TokenBatches(data, "train", block_size=16, batch_size=4)
+    x1, y1 = b.batch(123, 5, 0)
+    x2, y2 = TokenBatches(data, "train", block_size=16, batch_size=4).batch(123, 5, 0)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the next tokens
+    assert not torch.equal(b.batch(123, 6, 0)[0], x1) and not torch.equal(b.batch(124, 5, 0)[0], x1)
+    assert not torch.equal(b.batch(123, 5, 1)[0], x1)
+    assert derive_seed(7, "chunk", 1) != derive_seed(7, "chunk", 2)
+
+
+def test_three_chunks_checkpoints_seeds_lr(ref_run):
+    assert chunk_dirs(ref_run) == ["chunk_000001", "chunk_000002", "chunk_000003"]
+    ck = ref_run / "checkpoints"
+    for name in chunk_dirs(ref_run):
+        load_file(ck / name / "model.safetensors")  # plain safetensors, no pickle
+        assert "transformer.h.0.attn.c_attn.weight.exp_avg" in load_file(ck / name / "optimizer.safetensors")
+        cfg = json.loads((ck / name / "config.json").read_text())
+        assert cfg["model"]["n_layer"] == 2 and cfg["tokenizer"]["encoding"] == "char" and cfg["data"]["fingerprint"]
+    states = [read_state(ck / n) for n in chunk_dirs(ref_run)]
+    assert [s["iteration"] for s in states] == [ITERS, 2 * ITERS, 3 * ITERS]
+    seeds = [s["chunk_seed"] for s in states]
+    assert len(set(seeds)) == 3 and states[-1]["chunk_seeds"] == {str(i + 1): s for i, s in enumerate(seeds)}
+    assert all(s["rng"]["torch"] and s["data_cursor"]["iteration"] == s["iteration"] for s in states)
+    info = read_run(ref_run)
+    tc = info["train"]
+    assert states[-1]["tokens_seen"] == 3 * ITERS * tc["batch_size"] * tc["grad_accum"] * info["model"]["block_size"]
+    assert (ref_run / "tokenizer" / "tokenizer.json").is_file()
+    best = json.loads((ck / "best.json").read_text())
+    assert best["name"] in chunk_dirs(ref_run)
+
+    assert info["total_iters"] == CHUNKS * ITERS and info["seed"] == SEED and info["tokenizer"]["encoding"] == "char"
+    train = [r for r in metrics(ref_run) if r["kind"] == "train"]
+    iters = [r["iter"] for r in train]
+    assert ITERS in iters and ITERS + 1 in iters and 2 * ITERS in iters and 2 * ITERS + 1 in iters  # both sides of each boundary
+    for r in train:  # one schedule over the whole run, never restarted at a chunk
+        assert r["lr"] == pytest.approx(lr_at(r["iter"] - 1, tc["warmup_iters"], info["total_iters"], tc["learning_rate"], tc["min_lr"]))
+    by_iter = {r["iter"]: r["lr"] for r in train}
+    step = abs(by_iter[ITERS + 1] - by_iter[ITERS])
+    assert step < 0.05 * tc["learning_rate"]
+    evals = [r for r in metrics(ref_run) if r["kind"] == "eval"]
+    assert [(r["chunk"], r["iter"]) for r in evals] == [(1, ITERS), (2, 2 * ITERS), (3, 3 * ITERS)]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-chunk-2"])))
+    assert arts and "| iter | train loss | val loss | lr |" in arts[0].data
+
+
+def test_extend_rerun_and_retention(ref_run, tmp_path):
+    """More chunks later: the schedule keeps its length (min_lr after it); a finished run re-runs as a no-op."""
+    from flows.train import train_flow
+
+    run = tmp_path / "run"
+    shutil.copytree(ref_run, run)
+    data = read_run(run)["data"]["dir"]
+    kw = dict(data=data, run=str(run), preset="tiny", iters_per_chunk=ITERS, seed=SEED, eval_interval=ITERS, eval_iters=4,
+              keep_last=2)
+    before = len(metrics(run))
+    train_flow(chunks=CHUNKS, **kw)  # nothing left to do
+    train_flow(chunks=1, **kw)  # nor with fewer chunks than recorded
+    assert len(metrics(run)) == before and chunk_dirs(run) == ["chunk_000001", "chunk_000002", "chunk_000003"]
+
+    train_flow(chunks=CHUNKS + 1, **kw)
+    info = read_run(run)
+    assert info["chunks"] == CHUNKS + 1 and info["total_iters"] == CHUNKS * ITERS
+    new = [r for r in metrics(run) if r["kind"] == "train" and r["chunk"] == CHUNKS + 1]
+    assert new and all(r["lr"] == info["train"]["min_lr"] for r in new)
+    old = [r for r in metrics(run) if r.get("chunk", 0) <= CHUNKS]
+    assert old == metrics(ref_run)  # the past is untouched
+    best = json.loads((run / "checkpoints" / "best.json").read_text())["name"]
+    assert set(chunk_dirs(run)) == {"chunk_000003", "chunk_000004", best}  # keep last 2 + best
+
+
+def test_bad_inputs_plain(ref_run, data, tmp_path):
+    with pytest.raises(CookError, match=r"^--iters-per-chunk 6000 is above 5000: split training into more chunks$"):
+        check_train_args(data=str(data), run=str(tmp_path / "r"), iters_per_chunk=6000)
+    with pytest.raises(CookError, match="positive integer"):
+        check_train_args(data=str(data), run=str(tmp_path / "r"), chunks=0)
+
+    # truncated and garbage safetensors
+    run = tmp_path / "run"
+    shutil.copytree(ref_run, run)
+    model_file = run / "checkpoints" / "chunk_000003" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:-100])
+    with pytest.raises(CookError, match=re.escape(f"{model_file}: truncated or corrupt safetensors file")):
+        train_worker(str(data), str(run), chunks=CHUNKS + 1, iters_per_chunk=ITERS, seed=SEED, eval_iters=2)
+    model_file.write_bytes(b"\xff" * 64)
+    with pytest.raises(CookError, match="truncated or corrupt safetensors file"):
+        load_model_file(model_file, GPT(GPTConfig(**read_run(run)["model"])))
+
+    # a checkpoint of another shape
+    other = GPT(GPTConfig(**{**read_run(ref_run)["model"], "n_embd": 32}))
+    with pytest.raises(CookError, match=r"does not match the model: .* has shape"):
+        load_model_file(ref_run / "checkpoints" / "chunk_000003" / "model.safetensors", other)
+    # resuming with another preset / other flags
+    with pytest.raises(CookError, match="created with preset tiny, not bench"):
+        prepare_run(data, ref_run, "bench", CHUNKS, ITERS, SEED)
+    with pytest.raises(CookError, match="created with --iters-per-chunk 60, not 50"):
+        prepare_run(data, ref_run, "tiny", CHUNKS, 50, SEED)
+    with pytest.raises(CookError, match="created with --lr"):
+        prepare_run(data, ref_run, "tiny", CHUNKS, ITERS, SEED, learning_rate=0.5)
+    # the same tokenizer but other tokens: no resume (that is what --init-from is for)
+    moved = make_char_data(tmp_path / "other-tokens", seed=1)
+    with pytest.raises(CookError, match="not the data run .* was trained on"):
+        prepare_run(moved, ref_run, "tiny", CHUNKS, ITERS, SEED)
+    # a checkpoint written under another model config than the run's
+    run2 = tmp_path / "run2"
+    shutil.copytree(ref_run, run2)
+    cfg_path = run2 / "checkpoints" / "chunk_000003" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["n_layer"] = 3
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CookError, match=r"checkpoint from a different model config .* \(n_layer 3 vs 2\)"):
+        train_worker(str(data), str(run2), chunks=CHUNKS + 1, iters_per_chunk=ITERS, seed=SEED, eval_iters=2)
+
+
+def test_init_from(ref_run, data, tmp_path):
+    from flows.train import train_flow
+
+    ckpt = ref_run / "checkpoints" / "chunk_000003"
+    # refuses data tokenized with another vocabulary, and a model of another shape
+    other = make_char_data(tmp_path / "other-vocab", seed=0, extra_chars="XYZ")
+    with pytest.raises(CookError, match="tokenized differently"):
+        prepare_run(other, tmp_path / "bad", "tiny", 1, 5, init_from=ckpt)
+    with pytest.raises(CookError, match="model config does not match preset bench"):
+        prepare_run(data, tmp_path / "bad2", "bench", 1, 5, init_from=ckpt)
+    assert not (tmp_path / "bad" / "run.json").exists() and not (tmp_path / "bad2" / "run.json").exists()
+
+    # continued training on new data with the same tokenizer: trained weights, fresh optimizer and schedule
+    new_data = make_char_data(tmp_path / "more-tokens", seed=3)
+    run = tmp_path / "cont"
+    train_flow(data=str(new_data), run=str(run), preset="tiny", chunks=1, iters_per_chunk=5, seed=1, init_from=str(ckpt),
+               eval_interval=5, eval_iters=4)
+    info = read_run(run)
+    assert info["init_from"] == str(ckpt.resolve()) and info["total_iters"] == 5
+    first = metrics(run)[0]
+    assert first["iter"] == 1 and first["lr"] == pytest.approx(lr_at(0, info["train"]["warmup_iters"], 5, info["train"]["learning_rate"], info["train"]["min_lr"]))
+    ref_first = metrics(ref_run)[0]
+    assert first["loss"] < ref_first["loss"] - 0.5  # starts from trained weights
+    assert load_file(run / "checkpoints" / "chunk_000001" / "optimizer.safetensors")["transformer.wte.weight.step"].item() == 5
+
+
+def _wait_for(cond, proc, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited early with {proc.returncode}")
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def _has_line(run: Path, chunk: int) -> bool:
+    try:
+        return any(f'"chunk": {chunk},' in line for line in (run / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(400)
+def test_sigkill_then_sigterm_resume_bit_identical(ref_run, data, tmp_path, cook_env):
+    """Kill -9 in chunk 2, rerun; SIGTERM in chunk 3, rerun: the final weights equal the uninterrupted run's."""
+    env = {**cook_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--run", str(run), "--preset", "tiny", *map(str, FLAGS)]
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT), log
+
+    p, _ = start("kill")
+    _wait_for(lambda: _has_line(run, 2), p)
+    p.kill()
+    p.wait(timeout=30)
+    assert chunk_dirs(run) == ["chunk_000001"]
+
+    p, log = start("term")
+    _wait_for(lambda: _has_line(run, 3), p)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) != 0
+    out = log.read_text()
+    assert f"chunk 2 iter {ITERS + 1}:" in out  # resumed chunk 2 from its start
+    m = re.search(r"interrupted: saved checkpoint at iteration (\d+) \((\S+)\) — run the same command to resume", out)
+    assert m, out[-2000:]
+    saved = int(m.group(1))
+    assert 2 * ITERS <= saved < 3 * ITERS
+    mid = f"chunk_000003-iter_{saved:07d}"
+    assert mid in chunk_dirs(run) and Path(m.group(2)).name == mid
+    assert read_state(run / "checkpoints" / mid)["iteration"] == saved
+    assert "Traceback" not in out
+
+    p, log = start("finish")
+    assert p.wait(timeout=300) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    first = re.search(r"chunk 3 iter (\d+):", out)
+    assert first and int(first.group(1)) == saved + 1  # resumed mid-chunk
+    assert chunk_dirs(run) == ["chunk_000001", "chunk_000002", "chunk_000003"]  # the mid-chunk one is pruned
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        assert same_tensors(run / "checkpoints" / "chunk_000003" / f, ref_run / "checkpoints" / "chunk_000003" / f)
+    iters = [r["iter"] for r in metrics(run) if r["kind"] == "train"]
+    assert iters == sorted(set(iters)) and set(iters) >= {r["iter"] for r in metrics(ref_run) if r["kind"] == "train"}
+    assert [r for r in metrics(run) if r["kind"] == "eval"] == [r for r in metrics(ref_run) if r["kind"] == "eval"]
+
+
+def test_cli_bad_input_one_line(cook, data, tmp_path):
+    r = cook(["train", "--data", str(data), "--run", str(tmp_path / "r"), "--iters-per-chunk", "6000"])
+    assert r.returncode != 0
+    assert r.stderr.strip() == "error: --iters-per-chunk 6000 is above 5000: split training into more chunks"
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.timeout(200)
+def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
+    """Cancelling the flow run from Prefect stops training at the next iteration with a checkpoint."""
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    from flows.train import train_flow
+
+    run = tmp_path / "run"
+    box: dict = {}
+
+    def target():
+        try:
+            train_flow(data=str(data), run=str(run), preset="tiny", chunks=1, iters_per_chunk=5000, seed=1,
+                       eval_interval=5000, eval_iters=2)
+        except BaseException as e:  # noqa: BLE001 - the outcome is what we check
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    deadline = time.time() + 120
+    while not _has_line(run, 1) and time.time() < deadline:
+        time.sleep(0.05)
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.state is not None and r.state.is_running() and r.name]
+        runs = [r for r in runs if r.parameters.get("run") == str(run)]
+        assert len(runs) == 1
+        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+    t.join(timeout=120)
+    assert not t.is_alive()
+    assert "interrupted: saved checkpoint at iteration" in str(box.get("error"))
+    mids = [n for n in chunk_dirs(run) if "-iter_" in n]
+    assert len(mids) == 1 and 0 < read_state(run / "checkpoints" / mids[0])["iteration"] < 5000
