@@ -80,6 +80,16 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
     raise typer.Exit(code)
 
 
+def user_error(e: Exception, code: int = EXIT_FAILED) -> None:
+    """Report a CookError as one line; with --debug, print its traceback first."""
+    if DEBUG:
+        import traceback
+
+        traceback.print_exception(e)
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    fail(message, code)
+
+
 @contextlib.contextmanager
 def _progress():
     """A rich progress display that the stages' progress bars draw into."""
@@ -102,7 +112,7 @@ def _run(fn, *args, **kwargs):
         with _progress():
             return fn(*args, **kwargs)
     except CookError as e:
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        user_error(e)
     except KeyboardInterrupt:
         fail("interrupted", 130)
 
@@ -136,7 +146,7 @@ def tokenize(
     try:
         check_tokenize_args(inputs, encoding, dtype, tokenizer)
     except CookError as e:
-        fail(str(e), EXIT_USAGE)
+        user_error(e, EXIT_USAGE)
     from flows.tokenize import tokenize_flow
 
     result = _run(tokenize_flow, inputs=list(inputs), encoding=encoding, out=str(out),
@@ -175,7 +185,7 @@ def train(
     try:
         check_train_args(**kwargs)
     except CookError as e:
-        fail(str(e), EXIT_USAGE)
+        user_error(e, EXIT_USAGE)
     from flows.train import train_flow
 
     result = _run(train_flow, **kwargs)
@@ -203,7 +213,7 @@ def sample(
         text = sample_text(str(target), prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, top_p=top_p, seed=seed, device=device)
     except CookError as e:
-        fail(str(e))
+        user_error(e)
     typer.echo(text)
 
 
