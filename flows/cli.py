@@ -219,7 +219,7 @@ def sample(
 
 @app.command()
 def demo(
-    iters_per_chunk: int = typer.Option(300, "--iters-per-chunk", help="Iterations in each of the 2 chunks."),
+    iters_per_chunk: int = typer.Option(800, "--iters-per-chunk", help="Iterations in each of the 2 chunks."),
 ) -> None:
     """Offline end-to-end demo: corpus from Python's own docs, tokenize, train `tiny` for 2 chunks, sample."""
     _prepare_env(demo=True)

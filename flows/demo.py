@@ -17,11 +17,11 @@ PROMPT = "The with statement"
 
 
 @flow(name="demo", log_prints=False)
-def demo_flow(iters_per_chunk: int = 300, chunks: int = 2) -> dict:
+def demo_flow(iters_per_chunk: int = 800, chunks: int = 2) -> dict:
     """Run every stage under DATA_DIR/demo and return what a person wants to see: sample, losses, paths."""
     root = get_settings().data_dir.resolve() / "demo"
     corpus = build_pydoc_corpus_task(root / "corpus" / "pydoc_topics.parquet")
-    tokens = tokenize_flow(inputs=[str(corpus)], encoding="gpt2", out=str(root / "tokens"))
+    tokens = tokenize_flow(inputs=[str(corpus)], encoding="gpt2", out=str(root / "tokens"), val_fraction=0.05)
     run = root / "run"
     eval_every = max(1, min(100, iters_per_chunk))
     train_flow(data=tokens, run=str(run), preset="tiny", chunks=chunks, iters_per_chunk=iters_per_chunk,

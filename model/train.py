@@ -471,9 +471,11 @@ def train_chunk(
     log: Log | None = None,
     stop: threading.Event | None = None,
     proc: Proc | None = None,
+    on_iter: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train chunk `chunk` (1-based) of a prepared run from its latest checkpoint; save a checkpoint at its end.
 
+    `on_iter(done_in_chunk, iters_per_chunk)` is called after every iteration (progress display).
     If `stop` gets set, saves a mid-chunk checkpoint and raises TrainingInterrupted. Returns a summary:
     chunk, start/end iteration, seed, losses (eval records), val/train loss, lr, tokens_seen, checkpoint,
     sample (a short generated text), seconds, skipped (True if the chunk was already done).
@@ -616,6 +618,8 @@ def train_chunk(
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += tokens_per_iter
         done = it + 1
+        if on_iter is not None:
+            on_iter(done - chunk_start, K)
 
         if done % log_interval == 0 or it == it0 or done == chunk_end:
             last_loss = float(loss_acc)

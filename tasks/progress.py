@@ -1,6 +1,6 @@
 """Progress for long work: a rich bar in the CLI and a progress artifact in the Prefect UI, from one call.
 
-    with progress("tokenize", total=n_bytes, unit="B") as bar:
+    with progress("tokenize", total=n_bytes) as bar:
         bar.advance(k)
 
 The CLI installs a rich `Progress` with `show_in(...)`; without one only the Prefect artifact (inside a
@@ -28,59 +28,73 @@ def show_in(rich_progress) -> Iterator[None]:
         _active["rich"] = prev
 
 
+def _in_prefect_run() -> bool:
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return bool(TaskRunContext.get() or FlowRunContext.get())
+    except Exception:
+        return False
+
+
 class Bar:
+    """One unit of long work: `advance(n)` or `update(done)`; `set_total` when the size is learnt late."""
+
     def __init__(self, description: str, total: float | None):
         self.description = description
         self.total = total
         self.done = 0.0
         self._rich = _active["rich"]
         self._rich_id = self._rich.add_task(description, total=total) if self._rich is not None else None
-        self._artifact_id = None
+        self._artifact = _in_prefect_run()  # becomes the artifact id once created
         self._last_pct = -1
-        try:
-            from prefect.context import TaskRunContext, FlowRunContext
-
-            if (TaskRunContext.get() or FlowRunContext.get()) and total:
-                from prefect.artifacts import create_progress_artifact
-
-                self._artifact_id = create_progress_artifact(progress=0.0, description=description)
-        except Exception:  # artifacts are a nicety; never fail the work over them
-            self._artifact_id = None
 
     def advance(self, n: float = 1) -> None:
         with _lock:
             self.done += n
-            done = self.done
-        if self._rich is not None:
-            self._rich.update(self._rich_id, completed=done)
-        if self._artifact_id is not None and self.total:
-            pct = int(100 * min(done, self.total) / self.total)
-            if pct > self._last_pct:
-                self._last_pct = pct
-                try:
-                    from prefect.artifacts import update_progress_artifact
+        self._show()
 
-                    update_progress_artifact(self._artifact_id, progress=float(pct))
-                except Exception:
-                    self._artifact_id = None
+    def update(self, completed: float) -> None:
+        """Set how much is done (for work that resumes part-way)."""
+        with _lock:
+            self.done = completed
+        self._show()
 
     def set_total(self, total: float) -> None:
         self.total = total
         if self._rich is not None:
             self._rich.update(self._rich_id, total=total)
 
-    def close(self) -> None:
+    def _show(self) -> None:
         if self._rich is not None:
-            if self.total is None:
-                self._rich.update(self._rich_id, total=self.done)
-            self._rich.update(self._rich_id, completed=self.total if self.total is not None else self.done)
-        if self._artifact_id is not None:
-            try:
-                from prefect.artifacts import update_progress_artifact
+            self._rich.update(self._rich_id, completed=self.done)
+        if self._artifact and self.total:
+            pct = int(100 * min(self.done, self.total) / self.total)
+            if pct > self._last_pct:
+                self._last_pct = pct
+                self._to_artifact(float(pct))
 
-                update_progress_artifact(self._artifact_id, progress=100.0)
-            except Exception:
-                pass
+    def _to_artifact(self, pct: float) -> None:
+        try:  # artifacts are a nicety: never fail the work over them
+            from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+            if self._artifact is True:
+                self._artifact = create_progress_artifact(progress=pct, description=self.description)
+            else:
+                update_progress_artifact(self._artifact, progress=pct)
+        except Exception:
+            self._artifact = False
+
+    def close(self, finished: bool = True) -> None:
+        """Finish the bar; a failed or interrupted piece of work stays where it stopped."""
+        if not finished:
+            return
+        if self.total is None:
+            self.set_total(self.done)
+        if self._rich is not None:
+            self._rich.update(self._rich_id, completed=self.total)
+        if self._artifact and self._last_pct < 100:
+            self._to_artifact(100.0)
 
 
 @contextlib.contextmanager
@@ -88,5 +102,7 @@ def progress(description: str, total: float | None = None) -> Iterator[Bar]:
     bar = Bar(description, total)
     try:
         yield bar
-    finally:
-        bar.close()
+    except BaseException:
+        bar.close(finished=False)
+        raise
+    bar.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,17 @@ from tasks.caching import OutputsCache
 from tasks.documents import now_utc, write_documents
 
 LICENSE = "PSF-2.0"
+
+
+_RULE = re.compile(r"^[\s|+=*~^#-]*$")  # table borders and section underlines
+_SPACES = re.compile(r"[ \t]{2,}")
+
+
+def tidy(text: str) -> str:
+    """Prose from a help topic: indentation, table rules and space runs removed (they would crowd the demo's samples)."""
+    lines = (_SPACES.sub(" ", line.strip().strip("|").strip()) for line in text.splitlines())
+    kept = [line for line in lines if not (line and _RULE.match(line))]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
 
 
 def build_pydoc_corpus(out: Path) -> Path:
@@ -25,11 +37,11 @@ def build_pydoc_corpus(out: Path) -> Path:
             "source": "pydoc",
             "url": f"https://docs.python.org/{version}/reference/",
             "title": name,
-            "text": text.strip(),
+            "text": tidy(text),
             "fetched_at": fetched,
         }
         for name, text in sorted(topics.items())
-        if text.strip()
+        if tidy(text)
     )
     return write_documents(out, docs)
 

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from model.errors import CookError
 from model.train import check_args, prepare_run, setup_process, train_chunk
+from tasks.progress import progress
 
 
 def check_train_args(data: str | os.PathLike, run: str | os.PathLike, preset: str = "tiny", chunks: int = 1,
@@ -81,9 +82,15 @@ def train_chunk_task(run: str, chunk: int, data: str | None = None, device: str 
                      log_interval: int = 10, sample_tokens: int = 64) -> dict:
     """Train one chunk (a retry resumes from the latest checkpoint); log to the run and publish a report artifact."""
     logger = get_run_logger()
-    summary = train_chunk(run, chunk, data=data, device=device, compile=compile, eval_interval=eval_interval,
-                          eval_iters=eval_iters, keep_last=keep_last, log=logger.info,
-                          log_interval=log_interval, sample_tokens=sample_tokens)
+    with progress(f"train chunk {chunk}", total=None) as bar:
+        def on_iter(done: int, total: int) -> None:
+            if bar.total is None:
+                bar.set_total(total)
+            bar.update(done)
+
+        summary = train_chunk(run, chunk, data=data, device=device, compile=compile, eval_interval=eval_interval,
+                              eval_iters=eval_iters, keep_last=keep_last, log=logger.info,
+                              log_interval=log_interval, sample_tokens=sample_tokens, on_iter=on_iter)
     if summary["skipped"]:
         logger.info("chunk %d already trained (%s)", chunk, summary["checkpoint"])
         return summary

@@ -146,3 +146,25 @@ def test_file_fingerprint_sees_content(tmp_path):
     p.write_bytes(b"b" * 100)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert file_fingerprint(p) != fp
+
+
+@flow
+def counting_flow(n: int) -> None:
+    from tasks.progress import progress
+
+    with progress("counting", total=n) as bar:
+        for _ in range(n):
+            bar.advance(1)
+
+
+def test_progress_artifact_reaches_the_api():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, FlowRunFilterId
+
+    state = counting_flow(5, return_state=True)
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        )
+    assert len(arts) == 1 and arts[0].data == 100.0 and arts[0].description == "counting"
