@@ -10,10 +10,12 @@ run) is updated. Updates to the API are throttled to whole percents.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from typing import Iterator
 
 _lock = threading.Lock()
+_artifact_lock = threading.Lock()
 _active: dict = {"rich": None}
 
 
@@ -47,6 +49,7 @@ class Bar:
         self._rich = _active["rich"]
         self._rich_id = self._rich.add_task(description, total=total) if self._rich is not None else None
         self._artifact = _in_prefect_run()  # becomes the artifact id once created
+        self._ctx = contextvars.copy_context()  # the run's context, for updates from worker threads
         self._last_pct = -1
 
     def advance(self, n: float = 1) -> None:
@@ -75,15 +78,19 @@ class Bar:
                 self._to_artifact(float(pct))
 
     def _to_artifact(self, pct: float) -> None:
-        try:  # artifacts are a nicety: never fail the work over them
-            from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        with _artifact_lock:  # one thread at a time may enter the captured context
+            try:  # artifacts are a nicety: never fail the work over them
+                self._ctx.run(self._write_artifact, pct)
+            except Exception:
+                self._artifact = False
 
-            if self._artifact is True:
-                self._artifact = create_progress_artifact(progress=pct, description=self.description)
-            else:
-                update_progress_artifact(self._artifact, progress=pct)
-        except Exception:
-            self._artifact = False
+    def _write_artifact(self, pct: float) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        if self._artifact is True:
+            self._artifact = create_progress_artifact(progress=pct, description=self.description)
+        else:
+            update_progress_artifact(self._artifact, progress=pct)
 
     def close(self, finished: bool = True) -> None:
         """Finish the bar; a failed or interrupted piece of work stays where it stopped."""
