@@ -72,15 +72,16 @@ class Bar:
         if self._rich is not None:
             self._rich.update(self._rich_id, completed=self.done)
         if self._artifact and self.total:
-            pct = int(100 * min(self.done, self.total) / self.total)
-            if pct > self._last_pct:
-                self._last_pct = pct
-                self._to_artifact(float(pct))
+            self._to_artifact(int(100 * min(self.done, self.total) / self.total))
 
-    def _to_artifact(self, pct: float) -> None:
-        with _artifact_lock:  # one thread at a time may enter the captured context
+    def _to_artifact(self, pct: int) -> None:
+        """Publish `pct` if it is news; one thread at a time, so updates never go backwards."""
+        with _artifact_lock:  # also: one thread at a time may enter the captured context
+            if not self._artifact or pct <= self._last_pct:
+                return
+            self._last_pct = pct
             try:  # artifacts are a nicety: never fail the work over them
-                self._ctx.run(self._write_artifact, pct)
+                self._ctx.run(self._write_artifact, float(pct))
             except Exception:
                 self._artifact = False
 
@@ -100,8 +101,7 @@ class Bar:
             self.set_total(self.done)
         if self._rich is not None:
             self._rich.update(self._rich_id, completed=self.total)
-        if self._artifact and self._last_pct < 100:
-            self._to_artifact(100.0)
+        self._to_artifact(100)
 
 
 @contextlib.contextmanager
