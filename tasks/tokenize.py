@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -21,13 +20,14 @@ from prefect import task
 from model.atomic import atomic_dir
 from model.errors import CookError
 from model.shards import ShardWriter, dtype_for_vocab, write_meta
-from model.tokenizer import Tokenizer, default_threads, get_tokenizer, known_vocab_size, load_tokenizer
+from model.tokenizer import Tokenizer, default_threads, encode_stream, get_tokenizer, known_vocab_size, load_tokenizer
 from tasks.caching import OutputsCache, file_fingerprint
 from tasks.documents import expand_inputs, iter_texts
 from tasks.progress import progress
 
 DTYPES = ("auto", "uint16", "uint32")
 BATCH_CHARS = 4 << 20  # text encoded per batch: large enough to keep every core busy, small enough to stay flat
+PROCESS_MIN_BYTES = 64 << 20  # from this much text on, encode in worker processes (they start in ~1 s)
 TOKENIZER_SUBDIR = "tokenizer"
 _U16_MAX_IDS = 65536
 
@@ -169,37 +169,27 @@ def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: i
             if arrays:
                 writers[split].add(np.concatenate(arrays))
 
-    def job(texts: list[str]) -> tuple[list[np.ndarray], list[bool]]:
-        to_val = []
-        for text in texts:
-            data = text.encode("utf-8", "surrogatepass")
-            to_val.append(_val_hash(data) < val_fraction)
-            bar.advance(len(data))
-        return tok.encode_batch(texts, threads), to_val
-
-    # One batch is hashed and encoded (on every core) while the main thread reads the next one.
-    with progress("tokenize", total=total_bytes) as bar, ThreadPoolExecutor(1, thread_name_prefix="tokenize-batch") as ahead:
-        inflight: Future | None = None
-
-        def submit(batch: list[str]) -> None:
-            nonlocal inflight
-            fut = ahead.submit(job, batch)
-            if inflight is not None:
-                emit(*inflight.result())
-            inflight = fut
-
+    def batches() -> Iterator[list[str]]:
         batch: list[str] = []
         size = 0
         for text in _iter_corpus(files):
             batch.append(text)
             size += len(text)
             if size >= BATCH_CHARS:
-                submit(batch)
+                yield batch
                 batch, size = [], 0
         if batch:
-            submit(batch)
-        if inflight is not None:
-            emit(*inflight.result())
+            yield batch
+
+    with progress("tokenize", total=total_bytes) as bar:
+        for texts, encoded in encode_stream(tok, batches(), threads, processes=total_bytes >= PROCESS_MIN_BYTES):
+            to_val, n_bytes = [], 0
+            for text in texts:
+                data = text.encode("utf-8", "surrogatepass")
+                to_val.append(_val_hash(data) < val_fraction)
+                n_bytes += len(data)
+            emit(encoded, to_val)
+            bar.advance(n_bytes)
 
     if docs["train"] + docs["val"] == 0:
         raise CookError(f"empty corpus: no text in {len(files)} input file(s)")

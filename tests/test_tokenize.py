@@ -294,3 +294,17 @@ def test_memory_stays_flat_as_corpus_grows(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     small, big = map(int, r.stdout.split())
     assert big - small < 15, (small, big)  # 30 MB more text (7+ more batches), far less extra memory
+
+
+def test_encode_stream_processes_match_threads():
+    """The worker-process path (large corpora) gives the same ids, in order, as the thread path."""
+    from model.tokenizer import encode_stream, get_tokenizer
+
+    texts = [f"Document {i}: ünïcödé 🙂 text, with numbers {i * 7919}.\n" * (i % 5 + 1) for i in range(60)]
+    batches = [texts[i : i + 7] for i in range(0, len(texts), 7)]
+    for tok in (get_tokenizer("gpt2"), get_tokenizer("char", lambda: iter(texts))):
+        threaded = list(encode_stream(tok, batches, 2, processes=False))
+        spawned = list(encode_stream(tok, batches, 2, processes=True))
+        assert [t for t, _ in spawned] == batches
+        assert all(np.array_equal(a, b) for (_, x), (_, y) in zip(threaded, spawned) for a, b in zip(x, y))
+        assert tok.decode(np.concatenate([a for _, ids in spawned for a in ids])) == "".join(texts)
