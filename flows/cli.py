@@ -40,6 +40,8 @@ class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info or record.levelno >= logging.ERROR:
             return False
+        if "Finished in state Failed" in str(record.msg) or "Finished in state Crashed" in str(record.msg):
+            return False  # the CLI's own one-line error says it
         if record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             return True
         return record.levelno >= logging.WARNING
@@ -93,7 +95,7 @@ def user_error(e: Exception, code: int = EXIT_FAILED) -> None:
 @contextlib.contextmanager
 def _progress():
     """A rich progress display that the stages' progress bars draw into."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from tasks.progress import show_in
 

@@ -53,3 +53,18 @@ def test_debug_shows_the_traceback(cook, tmp_path):
     proc = cook(["tokenize", empty, "--out", tmp_path / "tok", "--debug"])
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "empty corpus" in proc.stderr
+
+
+def test_failure_inside_a_flow_is_one_line(cook, corpus, tmp_path):
+    """A problem found by a task mid-flow: one line, no traceback, no Prefect failure chatter."""
+    from tasks.tokenize import tokenize_corpus
+
+    data = tokenize_corpus([corpus], "char", tmp_path / "tok")
+    shard = data / "train_000000.bin"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    proc = cook(["train", "--data", data, "--run", tmp_path / "run", "--chunks", 1, "--iters-per-chunk", 5,
+                 "--eval-interval", 5, "--eval-iters", 1])
+    _one_line_error(proc, "truncated token shard")
+    assert "Finished in state Failed" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

@@ -9,32 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from model.shards import write_meta, write_shard
-from model.tokenizer import CharTokenizer
 from model.train import train_worker
 
+from chardata import make_char_data
+
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "hat"]
 ARGS = dict(preset="tiny", chunks=2, iters_per_chunk=4, seed=5, grad_accum=2, eval_interval=4, eval_iters=2)
-
-
-def make_data(out: Path) -> Path:
-    text = " ".join(np.random.default_rng(0).choice(WORDS, size=3000)) + "."
-    tok = CharTokenizer(sorted(set(text)))
-    ids = tok.encode_array(text).astype(np.uint16)
-    write_shard(out / "train_000000.bin", ids[:-1500])
-    write_shard(out / "val_000000.bin", ids[-1500:])
-    tok.save(out / "tokenizer")
-    write_meta(out, {"encoding": "char", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": "uint16",
-                     "splits": {"train": {"shards": ["train_000000.bin"]}, "val": {"shards": ["val_000000.bin"]}},
-                     "fingerprint": "ddp", "tokenizer": {"name": "char", "dir": "tokenizer", "hash": tok.hash}})
-    return out
 
 
 def _free_port() -> int:
@@ -58,7 +43,7 @@ def _worker(rank: int, world: int, port: int, data: str, run: str, out: str) -> 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("ddp") / "tokens")
+    return make_char_data(tmp_path_factory.mktemp("ddp") / "tokens", n_words=3000, val_share=0.1)
 
 
 @pytest.mark.timeout(300)

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from model.errors import CookError
-from model.shards import write_meta, write_shard
-from model.tokenizer import CharTokenizer
 from model.train import train_worker
 from flows.sample import sample_text
 
-WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "hat"]
+from chardata import make_char_data
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run of 30 iterations on char data (the plain loop; no Prefect needed)."""
     root = tmp_path_factory.mktemp("sample")
-    text = " ".join(np.random.default_rng(0).choice(WORDS, size=4000)) + "."
-    tok = CharTokenizer(sorted(set(text)))
-    ids = tok.encode_array(text).astype(np.uint16)
-    data = root / "tokens"
-    write_shard(data / "train_000000.bin", ids[:-2000])
-    write_shard(data / "val_000000.bin", ids[-2000:])
-    tok.save(data / "tokenizer")
-    write_meta(data, {"encoding": "char", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": "uint16",
-                      "splits": {"train": {"shards": ["train_000000.bin"]}, "val": {"shards": ["val_000000.bin"]}},
-                      "fingerprint": "f0", "tokenizer": {"name": "char", "dir": "tokenizer", "hash": tok.hash}})
+    data = make_char_data(root / "tokens", n_words=4000, val_share=0.12)
     out = root / "run"
     train_worker(str(data), str(out), chunks=1, iters_per_chunk=30, eval_interval=30, eval_iters=2, sample_tokens=0)
     return out

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,36 +20,15 @@ from model.checkpoint import load_model_file, read_state
 from model.dataloader import TokenBatches, derive_seed
 from model.errors import CookError
 from model.gpt import GPT, GPTConfig
-from model.shards import write_meta, write_shard
-from model.tokenizer import CharTokenizer
 from model.train import lr_at, prepare_run, read_run, train_worker
 from tasks.train import check_train_args
 
+from chardata import make_char_data
+
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "hat"]
 # the reference run: 3 chunks; the subprocess test must use the very same flags
 CHUNKS, ITERS, SEED = 3, 60, 7
 FLAGS = ["--chunks", CHUNKS, "--iters-per-chunk", ITERS, "--seed", SEED, "--eval-interval", ITERS, "--eval-iters", 4]
-
-
-def make_char_data(out: Path, seed: int = 0, extra_chars: str = "") -> Path:
-    """A small char-tokenized data folder (train/val shards, tokenizer/, meta.json) written by hand."""
-    rng = np.random.default_rng(seed)
-    text = " ".join(rng.choice(WORDS, size=6000)) + "."
-    tok = CharTokenizer(sorted(set(text + extra_chars)))
-    ids = tok.encode_array(text).astype(np.uint16)
-    cut = int(len(ids) * 0.9)
-    out.mkdir(parents=True, exist_ok=True)
-    write_shard(out / "train_000000.bin", ids[:cut])
-    write_shard(out / "val_000000.bin", ids[cut:])
-    tok.save(out / "tokenizer")
-    write_meta(out, {
-        "format": 1, "encoding": "char", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": "uint16",
-        "splits": {"train": {"shards": ["train_000000.bin"], "tokens": cut, "documents": 1},
-                   "val": {"shards": ["val_000000.bin"], "tokens": len(ids) - cut, "documents": 1}},
-        "fingerprint": f"{tok.hash[:16]}-{seed}", "tokenizer": {"name": "char", "dir": "tokenizer", "hash": tok.hash},
-    })
-    return out
 
 
 def metrics(run: Path) -> list[dict]:
