@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
@@ -31,27 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model.gpt import GPT  # noqa: E402
 from model.presets import get_preset  # noqa: E402
+from model.train import train_step  # noqa: E402
 
 
-def train_step_fn(model, optimizer, ctx, grad_clip):
-    """One iteration exactly as model/train.py's train_chunk runs it (grad_accum 1): set the lr,
-    autocast forward, backward, clip, AdamW step, zero_grad. train.py keeps this step inline, so it
-    is replicated here, and the same step drives both models."""
-    params = list(model.parameters())
+def train_step_fn(model, optimizer, device, grad_clip):
+    """cook's real training step (model/train.py `train_step`, grad_accum 1) bound to one model; the same
+    step drives both models, so the comparison is of the models."""
     lr = optimizer.param_groups[0]["lr"]
-
-    def step(x, y):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with ctx:
-            _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    return lambda x, y: train_step(model, optimizer, [(x, y)], 1, lr, grad_clip, device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     opt_kw = dict(weight_decay=train["weight_decay"], learning_rate=train["learning_rate"], betas=train["betas"],
                   device_type=device.type)
 
@@ -103,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         our_run, base_run = torch.compile(ours), torch.compile(base)
 
-    our_step = train_step_fn(our_run, our_opt, ctx, train["grad_clip"])
-    base_step = train_step_fn(base_run, base_opt, ctx, train["grad_clip"])
+    our_step = train_step_fn(our_run, our_opt, args.device, train["grad_clip"])
+    base_step = train_step_fn(base_run, base_opt, args.device, train["grad_clip"])
 
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (B, T + 1), generator=g) for _ in range(4)]
@@ -141,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "preset": args.preset,
-        "step": "model/train.py train_chunk iteration (replicated)",
+        "step": "model/train.py train_step",
         "compile": args.compile,
         "iters": per_round * args.rounds,
         "warmup": args.warmup,

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -456,6 +456,29 @@ def _sample_text(model: GPT, run_dir: Path, info: dict, n: int, seed: int, devic
     return tok.decode(out[0, 1:].tolist())
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+               accum: int, lr: float, grad_clip: float, device: str, ddp: bool = False) -> torch.Tensor:
+    """One optimizer step: set the lr; forward (autocast on CUDA) and backward over `accum` micro-batches,
+    the loss averaged (under DDP gradients sync on the last one only); clip; AdamW step; zero grads.
+    Returns the step's loss (detached). The benchmark times exactly this."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_acc = torch.zeros((), device=device)
+    for m, (x, y) in enumerate(micro_batches):
+        if ddp:
+            model.require_backward_grad_sync = m == accum - 1
+        with _autocast(device):
+            _, loss = model(x, y)
+            loss = loss / accum
+        loss.backward()
+        loss_acc += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_acc
+
+
 def train_chunk(
     run_dir: str | os.PathLike,
     chunk: int,
@@ -598,24 +621,15 @@ def train_chunk(
                 path = save(checkpoint_name(chunk, it), snapshot(it, lr, False, None, last_loss))
             raise TrainingInterrupted(f"interrupted: saved checkpoint at iteration {it} ({path}) — run the same command to resume")
         lr = lr_at(it, tc.warmup_iters, info["total_iters"], tc.learning_rate, tc.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_acc = torch.zeros((), device=dev)
-        for m in range(accum):
-            micro = proc.rank * accum + m
-            x, y = train_batches.batch(chunk_seed, it, micro, dev)
-            torch.manual_seed(derive_seed(chunk_seed, it, micro))  # dropout masks depend on (seed, it, micro) only
-            if proc.ddp:
-                train_model.require_backward_grad_sync = m == accum - 1
-            with _autocast(dev):
-                _, loss = train_model(x, y)
-                loss = loss / accum
-            loss.backward()
-            loss_acc += loss.detach()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+
+        def micro_batches(it: int = it):
+            for m in range(accum):
+                micro = proc.rank * accum + m
+                x, y = train_batches.batch(chunk_seed, it, micro, dev)
+                torch.manual_seed(derive_seed(chunk_seed, it, micro))  # dropout masks depend on (seed, it, micro) only
+                yield x, y
+
+        loss_acc = train_step(train_model, optimizer, micro_batches(), accum, lr, tc.grad_clip, dev, ddp=proc.ddp)
         tokens_seen += tokens_per_iter
         done = it + 1
         if on_iter is not None:
