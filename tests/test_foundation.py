@@ -169,3 +169,16 @@ def test_progress_artifact_reaches_the_api():
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
         )
     assert len(arts) == 1 and arts[0].data == 100.0 and arts[0].description == "counting"
+
+
+def test_model_never_imports_prefect():
+    """model/ is pure PyTorch: importing every module of it pulls in no Prefect."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, model\n"
+            "for m in pkgutil.iter_modules(model.__path__): importlib.import_module('model.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n.split('.')[0] in ('prefect', 'tasks', 'flows')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
