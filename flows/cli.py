@@ -129,6 +129,56 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 @app.command()
+def unparquet(
+    sources: List[str] = typer.Argument(..., help="Parquet files, folders, globs, or Hub paths (hf://datasets/...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one converted file per input."),
+    format: str = typer.Option("parquet", "--format", help="parquet (the document format), text or csv."),
+    column: str = typer.Option("text", "--column", help="The column that holds the text."),
+) -> None:
+    """Convert parquet files (e.g. Cosmopedia shards) to documents, text or csv, streaming and lossless."""
+    _prepare_env()
+    from model.errors import CookError
+    from tasks.unparquet import check_unparquet_args
+
+    try:
+        check_unparquet_args(sources, str(out), format, column)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    from flows.unparquet import unparquet_flow
+
+    _run(unparquet_flow, sources=list(sources), out=str(out), fmt=format, column=column)
+    typer.echo(f"converted: {out}")
+
+
+@app.command()
+def merge(
+    inputs: List[str] = typer.Argument(..., help="Document parquet files, folders or globs, from any source."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: shards, rejects/, stats.json."),
+    shard_size: str = typer.Option("2GB", "--shard-size", help="Text per shard, e.g. 2GB, 500MB."),
+    format: str = typer.Option("parquet", "--format", help="parquet or text."),
+    near_dedup: bool = typer.Option(False, "--near-dedup", help="Also remove near-duplicates (MinHash)."),
+    min_chars: Optional[int] = typer.Option(None, "--min-chars", help="Reject shorter documents."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Reject longer documents."),
+    lang: Optional[List[str]] = typer.Option(None, "--lang", help="Keep only these languages (needs langdetect)."),
+) -> None:
+    """Clean, deduplicate and merge documents into shards; every rejected document is kept with its reason."""
+    _prepare_env()
+    from model.errors import CookError
+    from tasks.merge import check_merge_args
+
+    try:
+        check_merge_args(inputs, str(out), shard_size, format, lang or None)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    from flows.merge import merge_flow
+
+    limits = {k: v for k, v in (("min_chars", min_chars), ("max_chars", max_chars)) if v is not None}
+    _run(merge_flow, inputs=list(inputs), out=str(out), shard_size=shard_size, fmt=format, near_dedup=near_dedup,
+         languages=lang or None, **limits)
+    typer.echo(f"merged: {out}")
+
+
+@app.command()
 def tokenize(
     inputs: List[str] = typer.Argument(..., help="Document parquet files, folders, globs or .txt files."),
     encoding: str = typer.Option("gpt2", "--encoding", "-e", help="char, p50k_base, r50k_base, gpt2, cl100k_base or bpe:VOCAB_SIZE."),
@@ -188,11 +238,22 @@ def train(
         check_train_args(**kwargs)
     except CookError as e:
         user_error(e, EXIT_USAGE)
-    from flows.train import train_flow
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    try:
+        if rank == 0:
+            from flows.train import train_flow
 
-    result = _run(train_flow, **kwargs)
-    if result:
-        typer.echo(f"run: {result}")
+            typer.echo(f"run: {_run(train_flow, **kwargs)}")
+        else:  # the other torchrun ranks run the same chunk loop without Prefect, in step with rank 0
+            from model.train import STOP, stop_on_signals, train_worker
+
+            with stop_on_signals(STOP):
+                _run(train_worker, **kwargs)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @app.command()
@@ -238,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in argv:
         argv.remove("--debug")
         DEBUG = True
+    if "RANK" in os.environ and argv[1:2] == ["--"]:  # torchrun needs `-m flows.cli train -- ARGS`
+        del argv[1]
     DEBUG = DEBUG or os.environ.get("COOK_DEBUG", "") not in ("", "0", "false")
     try:
         app(args=argv, prog_name="cook", standalone_mode=True)

@@ -6,7 +6,7 @@ and stops (the run then fails with one line saying how to resume).
 
 Several GPUs (or CPU processes) with DDP:
 
-    torchrun --standalone --nproc_per_node=8 -m flows.train -- --data DIR --run DIR --preset gpt2-124m --chunks 20 --iters-per-chunk 5000
+    torchrun --standalone --nproc_per_node=8 -m flows.cli train -- --data DIR --run DIR --preset gpt2-124m --chunks 20 --iters-per-chunk 5000
 
 rank 0 runs this flow (Prefect logs, artifacts, every file); the other ranks run the same chunk
 loop without Prefect (`model.train.train_worker`), in step with it. The `--` stops torchrun from
@@ -15,15 +15,12 @@ reading `--run` as its own `--run-path`. On CPU it uses gloo (`--device cpu`), o
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import threading
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from model.train import STOP, stop_on_signals, train_worker
+from model.train import STOP, stop_on_signals
 from tasks.train import check_train_args, prepare_run_task, train_chunk_task
 
 
@@ -98,47 +95,3 @@ def train_flow(
             if watcher is not None:
                 watcher.join(timeout=1)
     return run
-
-
-def main(argv: list[str] | None = None) -> int:
-    """torchrun entry: rank 0 runs the Prefect flow, the other ranks the same loop without Prefect."""
-    p = argparse.ArgumentParser(prog="python -m flows.train", description="cook train, for torchrun")
-    p.add_argument("--data", required=True)
-    p.add_argument("--run", required=True)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--chunks", type=int, default=1)
-    p.add_argument("--iters-per-chunk", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--init-from", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--eval-interval", type=int, default=None)
-    p.add_argument("--eval-iters", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--grad-accum", type=int, default=None)
-    p.add_argument("--lr", dest="learning_rate", type=float, default=None)
-    p.add_argument("--keep-last", type=int, default=3)
-    kwargs = vars(p.parse_args(argv))
-    from model.errors import CookError
-
-    rank = int(os.environ.get("RANK", "0"))
-    try:
-        check_train_args(**kwargs)
-        if rank == 0:
-            print(f"run: {train_flow(**kwargs)}")
-        else:
-            with stop_on_signals(STOP):
-                train_worker(**kwargs)
-    except CookError as e:
-        print(f"error{'' if rank == 0 else f' (rank {rank})'}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

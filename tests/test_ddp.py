@@ -69,11 +69,11 @@ def test_two_gloo_ranks_stay_in_sync_and_match_one_process(data, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_torchrun_entry(data, tmp_path, cook_env):
-    """The documented command: torchrun ... -m flows.train -- ARGS (rank 0 runs the Prefect flow).
+    """The documented command: torchrun ... -m flows.cli train -- ARGS (rank 0 runs the Prefect flow).
 
     The `--` keeps torchrun's own parser off our flags (it reads `--run` as an abbreviation of `--run-path`)."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flows.train", "--",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flows.cli", "train", "--",
            "--data", str(data), "--run", str(run), "--device", "cpu"]
     for k, v in ARGS.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
