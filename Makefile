@@ -20,8 +20,11 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
+	$(BIN)/python -m pip install -q -c constraints-ci.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_unparquet.py
+	$(BIN)/python benchmarks/bench_merge.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

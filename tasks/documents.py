@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,15 @@ SCHEMA = pa.schema(
 REQUIRED = tuple(SCHEMA.names)
 DOC_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt",)
+
+# The text format (`--format text`): UTF-8, every document followed by TEXT_SEPARATOR. A text that itself
+# holds the marker gets one more `|` (`<|endoftext|>` -> `<||endoftext|>`, `<||…` -> `<|||…`), so the
+# separator is unambiguous, reading undoes it exactly, and such files can be concatenated.
+TEXT_MARKER = "<|endoftext|>"
+TEXT_SEPARATOR = "\n" + TEXT_MARKER + "\n"
+TEXT_ESCAPE = r"<(\|+endoftext\|>)"  # a regex (also for pyarrow.compute); replacement r"<|\1"
+_ESCAPE_RE = re.compile(TEXT_ESCAPE)
+_UNESCAPE_RE = re.compile(r"<\|(\|+endoftext\|>)")
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...] = DOC_SUFFIXES + TEXT_SUFFIXES) -> list[Path]:
@@ -79,10 +89,45 @@ def read_documents(path: str | os.PathLike, columns: list[str] | None = None) ->
         yield from table.to_pylist()
 
 
+def escape_text(text: str) -> str:
+    """A text ready for the text format (the marker inside it escaped)."""
+    return _ESCAPE_RE.sub(r"<|\1", text) if "endoftext|>" in text else text
+
+
+def is_text_documents(path: str | os.PathLike) -> bool:
+    """Whether a .txt file is in the text format (it ends with the separator)."""
+    path = Path(path)
+    size = path.stat().st_size
+    n = len(TEXT_SEPARATOR.encode())
+    with open(path, "rb") as f:
+        f.seek(max(0, size - n))
+        return size > 0 and f.read() == TEXT_SEPARATOR.encode()
+
+
+def read_text_documents(path: str | os.PathLike, chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """The documents of a text-format file, exactly as they went in (separators removed, escapes undone)."""
+    buf = ""
+    with open(path, encoding="utf-8", newline="") as f:
+        while True:
+            chunk = f.read(chunk_chars)
+            buf += chunk
+            *docs, buf = buf.split(TEXT_SEPARATOR)
+            for d in docs:
+                yield _UNESCAPE_RE.sub(r"<\1", d)
+            if not chunk:
+                break
+    if buf:
+        raise CookError(f"{path}: text after the last separator (not a complete cook text file)")
+
+
 def iter_texts(path: str | os.PathLike) -> Iterator[str]:
-    """Texts of one input: each non-empty `text` of a document parquet file, or a whole .txt file as one document."""
+    """Texts of one input: each non-empty `text` of a document parquet file; the documents of a text-format
+    file; any other .txt file whole, as one document."""
     path = Path(path)
     if path.suffix in TEXT_SUFFIXES:
+        if is_text_documents(path):
+            yield from filter(None, read_text_documents(path))
+            return
         text = path.read_text(encoding="utf-8", errors="replace")
         if text:
             yield text
@@ -113,6 +158,13 @@ class DocumentWriter:
         self.count += 1
         if len(self._rows) >= self.row_group_size:
             self._flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append a table of documents at once (columns by name, cast to the schema): the fast path for bulk converters."""
+        self._flush()
+        table = table.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self.count += table.num_rows
 
     def _flush(self) -> None:
         if self._rows:

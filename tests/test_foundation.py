@@ -182,3 +182,16 @@ def test_model_never_imports_prefect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"
+
+
+def test_text_format_round_trip(tmp_path):
+    """The text format: separator after every document, the marker escaped inside texts; iter_texts reads
+    such a file as its documents, and any other .txt as one document."""
+    from tasks.documents import TEXT_SEPARATOR, escape_text
+
+    texts = ["plain", "has <|endoftext|> inside", "and <||endoftext|> too\n", "ünï 🙂"]
+    p = tmp_path / "docs.txt"
+    p.write_text("".join(escape_text(t) + TEXT_SEPARATOR for t in texts), encoding="utf-8")
+    assert list(iter_texts(p)) == texts
+    (tmp_path / "plain.txt").write_text("just one document <|endoftext|> with a marker")
+    assert list(iter_texts(tmp_path / "plain.txt")) == ["just one document <|endoftext|> with a marker"]

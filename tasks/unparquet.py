@@ -1,0 +1,400 @@
+"""Convert dataset parquet files (Cosmopedia and the like) into cook documents, one file at a time.
+
+Each input file is streamed in small record batches, reading only the columns needed, selected by
+name (Cosmopedia's column order differs between subsets), so peak memory does not grow with the
+file. Each input gives exactly one output, named after it and written atomically.
+
+Output formats:
+
+- `parquet`: the document format (`tasks.documents.SCHEMA`) plus provenance columns
+  `source_file`, `row` (row index in the source file), `subset`, `format`, `audience`,
+  `text_token_length` (null where the source lacks the column).
+- `text`: UTF-8, every document followed by the separator line: `doc + "\\n<|endoftext|>\\n"`.
+  A text that itself contains `<|endoftext|>` is escaped by one extra `|` (`<||endoftext|>`, and
+  `<||endoftext|>` becomes `<|||endoftext|>` ...), so the separator is unambiguous and
+  `read_text_documents` gives back the exact texts. Files can be concatenated (`cat`) safely.
+- `csv`: a header row, then columns `CSV_COLUMNS`; every string quoted (quotes doubled), numbers bare,
+  nulls empty and unquoted, rows end with `\n`. Python's `csv.reader` (open with `newline=""`) and
+  pandas read it back exactly, newlines inside texts included.
+
+Lossless: the non-null, non-empty texts come out unchanged and in order; null and empty texts are
+counted and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from prefect import task
+
+from model.atomic import atomic_write
+from model.errors import CookError
+from tasks.caching import OutputsCache, file_fingerprint
+from tasks.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs
+from tasks.progress import progress
+
+FORMATS = ("parquet", "text", "csv")
+SUFFIX = {"parquet": ".parquet", "text": ".txt", "csv": ".csv"}
+SEPARATOR = TEXT_SEPARATOR  # follows every document in the text format
+_SEP_BYTES = SEPARATOR.encode()
+BATCH_ROWS = 1024  # rows per record batch: a few MB of Cosmopedia text
+READ_BUFFER = 1 << 20  # buffered column reads: memory independent of the row group size
+COSMOPEDIA_COLUMNS = {"prompt", "text_token_length", "seed_data", "format", "audience"}
+
+# Provenance kept beside the document columns; pass-through columns are copied from the source when present.
+PASS_THROUGH = {"format": pa.string(), "audience": pa.string(), "text_token_length": pa.int64()}
+OUT_SCHEMA = pa.schema(
+    list(SCHEMA)
+    + [
+        pa.field("source_file", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("subset", pa.string()),
+        *(pa.field(name, t) for name, t in PASS_THROUGH.items()),
+    ]
+)
+CSV_COLUMNS = ("id", "text", "source_file", "row", "subset", "format", "audience", "text_token_length")
+
+
+
+# --- naming --------------------------------------------------------------------------------------
+
+
+def is_hub_path(src: str) -> bool:
+    return str(src).startswith("hf://")
+
+
+def _parts(src: str) -> tuple[str, ...]:
+    s = str(src)
+    return PurePosixPath(s[len("hf://"):]).parts if is_hub_path(s) else Path(s).parts
+
+
+def subset_of(src: str) -> str:
+    """The folder under `data/` (Cosmopedia's layout `data/<subset>/train-*.parquet`), else the parent folder's name."""
+    parts = _parts(src)
+    folders = parts[:-1]
+    for i in range(len(folders) - 2, -1, -1):
+        if folders[i] == "data":
+            return folders[i + 1]
+    return folders[-1] if folders else ""
+
+
+def output_path(src: str, out_dir: str | os.PathLike, fmt: str = "parquet") -> Path:
+    """Where `src` converts to: `OUT/<subset>__<stem><suffix>` (deterministic)."""
+    stem = PurePosixPath(_parts(src)[-1]).stem
+    subset = subset_of(src)
+    name = f"{subset}__{stem}" if subset else stem
+    return Path(out_dir) / (name + SUFFIX[fmt])
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def hub_filesystem():
+    """An fsspec filesystem for `hf://` paths, on the configured endpoint (COOK_HF_ENDPOINT) and token."""
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    try:
+        from huggingface_hub import HfFileSystem
+    except ImportError:
+        raise CookError(
+            "reading hf:// paths needs the huggingface_hub package (pip install huggingface_hub); "
+            "or download the files and pass local paths"
+        ) from None
+    token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
+    return HfFileSystem(endpoint=settings.hf_endpoint.rstrip("/"), token=token)
+
+
+def _open(src: str, stack: list) -> pq.ParquetFile:
+    """Open `src` as parquet (local path or hf://); CookError when it is not readable parquet."""
+    if is_hub_path(src):
+        f = hub_filesystem().open(src, "rb", block_size=8 << 20)
+        stack.append(f)
+        source: Any = f
+    else:
+        if not Path(src).is_file():
+            raise CookError(f"{src}: file not found")
+        source = src
+    try:
+        return pq.ParquetFile(source, buffer_size=READ_BUFFER, pre_buffer=False)
+    except pa.ArrowInvalid as e:
+        raise CookError(f"{src}: not a readable parquet file, truncated or not parquet ({_line(e)})") from None
+    except OSError as e:
+        if is_hub_path(src):
+            raise  # a network problem: the task retries
+        raise CookError(f"{src}: cannot read ({_line(e)})") from None
+
+
+def _line(e: BaseException, limit: int = 200) -> str:
+    s = str(e).strip().splitlines()
+    s = s[0] if s else type(e).__name__
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def _hub_error(src: str, e: BaseException) -> CookError:
+    from tasks.settings import get_settings
+
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return CookError(
+        f"cannot reach the Hugging Face Hub at {get_settings().hf_endpoint} for {src}: {type(e).__name__}: {reason}; "
+        "download the files and pass local paths, or set COOK_HF_ENDPOINT to a mirror"
+    )
+
+
+def _expand_hub(src: str) -> list[str]:
+    """`hf://` files or globs -> sorted `hf://` file paths (.parquet); one clear CookError line when offline."""
+    fs = hub_filesystem()
+    try:
+        if any(c in src for c in "*?["):
+            found = [p for p in fs.glob(src) if p.endswith(".parquet")]
+        elif fs.isdir(src):
+            found = [p for p in fs.find(src) if p.endswith(".parquet")]
+        else:
+            found = [src] if fs.isfile(src) else []
+    except FileNotFoundError:
+        found = []
+    except Exception as e:  # connection refused, DNS, HTTP errors, offline mode
+        raise _hub_error(src, e) from None
+    files = sorted("hf://" + p.removeprefix("hf://") for p in found)
+    if not files:
+        raise CookError(f"input not found or empty: {src}")
+    return files
+
+
+def check_unparquet_args(sources: list[str], out: str, fmt: str = "parquet", column: str = "text") -> list[str]:
+    """Validate before any task runs; return the input files (absolute local paths and `hf://` paths)."""
+    if fmt not in FORMATS:
+        raise CookError(f"unknown format '{fmt}' (choose {', '.join(FORMATS)})")
+    if not column:
+        raise CookError("--column must name the text column")
+    if not sources:
+        raise CookError("no input given")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CookError(f"--out {out} is a file, not a folder")
+    local = [s for s in map(str, sources) if not is_hub_path(s)]
+    files = [str(p.resolve()) for p in expand_inputs(local, suffixes=(".parquet",))] if local else []
+    for s in map(str, sources):
+        if is_hub_path(s):
+            files += [f for f in _expand_hub(s) if f not in files]
+    seen: dict[Path, str] = {}
+    for f in files:
+        o = output_path(f, out, fmt)
+        if o in seen:
+            raise CookError(f"{seen[o]} and {f} would both be written to {o.name}; convert them into different --out folders")
+        seen[o] = f
+    return files
+
+
+def source_fingerprint(src: str) -> dict:
+    """What identifies a source's content for the cache: size/mtime/sample hash, or the Hub's blob id."""
+    if not is_hub_path(src):
+        return file_fingerprint(src)
+    try:
+        info = hub_filesystem().info(src)
+    except Exception as e:
+        raise _hub_error(src, e) from None
+    lfs = info.get("lfs") or {}
+    return {"path": src, "size": info.get("size"), "blob": info.get("blob_id"), "sha256": lfs.get("sha256")}
+
+
+# --- converting ----------------------------------------------------------------------------------
+
+
+def _string_buffers(texts: pa.StringArray) -> tuple[memoryview, memoryview]:
+    """(offsets, UTF-8 data) of a string array without copying: text i is data[offsets[i]:offsets[i + 1]]."""
+    offsets = memoryview(texts.buffers()[1]).cast("i")[texts.offset : texts.offset + len(texts) + 1]
+    return offsets, memoryview(texts.buffers()[2])
+
+
+class _Sink:
+    """One output file of one format, written atomically: it exists only once complete."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.fmt = fmt
+        if fmt == "parquet":
+            self._doc = DocumentWriter(path, OUT_SCHEMA)
+            return
+        self._ctx = atomic_write(path, "wb")
+        self._f: IO[bytes] = self._ctx.__enter__()
+        if fmt == "csv":
+            schema = pa.schema([OUT_SCHEMA.field(c) for c in CSV_COLUMNS])
+            self._csv = pa_csv.CSVWriter(self._f, schema, write_options=pa_csv.WriteOptions(quoting_style="needed"))
+
+    def write(self, table: pa.Table) -> None:
+        if self.fmt == "parquet":
+            self._doc.write_table(table)
+        elif self.fmt == "csv":
+            self._csv.write_table(table.select(list(CSV_COLUMNS)))
+        else:
+            self._write_text(table.column("text").combine_chunks())
+
+    def _write_text(self, texts: pa.StringArray) -> None:
+        """Each text then SEPARATOR, straight from Arrow's buffers; escape the marker only where it occurs."""
+        offsets, data = _string_buffers(texts)
+        if b"endoftext|>" in data[offsets[0] : offsets[-1]].tobytes():
+            texts = pc.replace_substring_regex(texts, pattern=TEXT_ESCAPE, replacement=r"<|\1")
+            offsets, data = _string_buffers(texts)
+        parts = []
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            parts += (data[a:b], _SEP_BYTES)
+        self._f.writelines(parts)
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._doc.close()
+            return
+        if self.fmt == "csv":
+            self._csv.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        if self.fmt == "parquet":
+            self._doc.abort()
+            return
+        try:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            pass
+
+
+def _text_column(pf: pq.ParquetFile, src: str, column: str) -> None:
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise CookError(f"{src}: no '{column}' column (columns: {', '.join(names)})")
+    t = pf.schema_arrow.field(column).type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise CookError(f"{src}: column '{column}' holds {t}, not text")
+
+
+def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", column: str = "text", subset: str | None = None) -> dict:
+    """Convert one parquet file into one output under `out_dir` (see the module doc); return a summary.
+
+    The summary: src, out, rows, written, null_or_empty, bytes_in_text (UTF-8 bytes of the texts
+    written), seconds. Raises CookError for a file that is not parquet, truncated, or lacks `column`.
+    """
+    if fmt not in FORMATS:
+        raise CookError(f"unknown format '{fmt}' (choose {', '.join(FORMATS)})")
+    t0 = time.perf_counter()
+    src = str(src)
+    out = output_path(src, out_dir, fmt)
+    subset = subset_of(src) if subset is None else subset
+    stack: list = []
+    try:
+        pf = _open(src, stack)
+        _text_column(pf, src, column)
+        names = set(pf.schema_arrow.names)
+        present = [c for c in PASS_THROUGH if c in names and c != column]
+        source = "cosmopedia" if "cosmopedia" in src.lower() or COSMOPEDIA_COLUMNS <= names else "parquet"
+        stem = PurePosixPath(_parts(src)[-1]).stem
+        id_prefix = f"{source}/{subset}/{stem}/" if subset else f"{source}/{stem}/"
+        fetched_at = datetime.now(timezone.utc)
+        total = pf.metadata.num_rows
+        stats = {"rows": 0, "written": 0, "null_or_empty": 0, "bytes_in_text": 0}
+
+        sink = _Sink(out, fmt)
+        try:
+            with progress(f"unparquet {PurePosixPath(_parts(src)[-1]).name}", total=total) as bar:
+                for batch in _batches(pf, src, [column, *present]):
+                    table = _documents(batch, column, present, stats, id_prefix, source, src, subset, fetched_at)
+                    if table.num_rows:
+                        sink.write(table)
+                    bar.advance(batch.num_rows)
+        except BaseException as e:
+            sink.abort(e)
+            raise
+        sink.close()
+    finally:
+        for f in stack:
+            f.close()
+    return {"src": src, "out": str(out), **stats, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _batches(pf: pq.ParquetFile, src: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Record batches of `columns` only, row group after row group; a corrupt file becomes a CookError."""
+    it = pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as e:
+            raise CookError(f"{src}: corrupt parquet data ({_line(e)})") from None
+        except OSError as e:
+            if is_hub_path(src):
+                raise
+            raise CookError(f"{src}: cannot read parquet data, truncated? ({_line(e)})") from None
+        yield batch
+
+
+def _documents(batch: pa.RecordBatch, column: str, present: list[str], stats: dict, id_prefix: str, source: str,
+               src: str, subset: str, fetched_at: datetime) -> pa.Table:
+    """Keep rows with a non-empty text; build the output columns (OUT_SCHEMA) for them."""
+    n = batch.num_rows
+    start = stats["rows"]
+    stats["rows"] += n
+    texts = batch.column(column)
+    if pa.types.is_large_string(texts.type):
+        texts = texts.cast(pa.string())
+    keep = pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)
+    rows = pa.array(range(start, start + n), pa.int64())
+    if pc.all(keep).as_py() is not True:
+        rows, texts = rows.filter(keep), texts.filter(keep)
+        batch = batch.filter(keep)
+    k = len(texts)
+    stats["written"] += k
+    stats["null_or_empty"] += n - k
+    stats["bytes_in_text"] += pc.sum(pc.binary_length(texts)).as_py() or 0
+    cols = {
+        "id": pc.binary_join_element_wise(pa.scalar(id_prefix), pc.cast(rows, pa.string()), ""),
+        "source": pa.repeat(pa.scalar(source), k),
+        "url": pa.repeat(pa.scalar(src), k),
+        "title": pa.nulls(k, pa.string()),
+        "text": texts,
+        "fetched_at": pa.repeat(pa.scalar(fetched_at, pa.timestamp("us", tz="UTC")), k),
+        "source_file": pa.repeat(pa.scalar(src), k),
+        "row": rows,
+        "subset": pa.repeat(pa.scalar(subset), k),
+    }
+    for name, t in PASS_THROUGH.items():
+        if name in present:
+            try:
+                cols[name] = batch.column(name).cast(t)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise CookError(f"{src}: column '{name}' holds {batch.column(name).type}, expected {t}") from None
+        else:
+            cols[name] = pa.nulls(k, t)
+    return pa.Table.from_arrays([cols[f.name] for f in OUT_SCHEMA], schema=OUT_SCHEMA)
+
+
+# --- Prefect -------------------------------------------------------------------------------------
+
+
+def _retryable(task, task_run, state) -> bool:
+    """Retry remote read failures; never a CookError (bad input stays bad)."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, Exception) and not isinstance(exc, CookError)
+
+
+@task(
+    name="unparquet",
+    cache_policy=OutputsCache(outputs=lambda i: [output_path(i["src"], i["out_dir"], i["fmt"])], version="1"),
+    persist_result=True,
+    cache_result_in_memory=False,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retryable,
+)
+def unparquet_task(src: str, out_dir: str, fmt: str = "parquet", column: str = "text", fingerprint: dict | None = None) -> dict:
+    """Prefect wrapper of `convert_file`; cached on the source's `fingerprint`, parameters and output, while the output exists."""
+    return convert_file(src, out_dir, fmt, column)
