@@ -40,8 +40,20 @@ _ESCAPE_RE = re.compile(TEXT_ESCAPE)
 _UNESCAPE_RE = re.compile(r"<\|(\|+endoftext\|>)")
 
 
+REJECTS_DIR = "rejects"  # where `cook merge` puts what it rejected, beside its stats.json
+
+
+def _wanted(rel: Path) -> bool:
+    """Inside a folder input: skip hidden and temp files and folders, and a merge's rejects."""
+    if any(part.startswith(".") for part in rel.parts):
+        return False
+    return not (len(rel.parts) >= 2 and rel.parts[-2] == REJECTS_DIR)
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...] = DOC_SUFFIXES + TEXT_SUFFIXES) -> list[Path]:
     """Files, folders (searched recursively) and globs -> a sorted, de-duplicated list of files.
+
+    Folders leave out hidden or temp entries and `rejects/` folders (documents a merge rejected).
 
     Raises CookError naming the first input that matches nothing.
     """
@@ -52,7 +64,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...]
         if p.is_file():
             matches = [p]
         elif p.is_dir():
-            matches = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in suffixes and not q.name.startswith("."))
+            matches = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in suffixes and _wanted(q.relative_to(p)))
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
         if not matches:

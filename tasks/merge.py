@@ -38,7 +38,7 @@ from model.atomic import atomic_dir, atomic_write
 from model.errors import CookError
 from tasks.caching import OutputsCache
 from tasks.dedup import ExactDedup, MinHashDedup, text_key
-from tasks.documents import (REQUIRED, SCHEMA, TEXT_SEPARATOR, escape_text, expand_inputs, is_text_documents, open_documents,
+from tasks.documents import (REJECTS_DIR, REQUIRED, SCHEMA, TEXT_SEPARATOR, escape_text, expand_inputs, is_text_documents, open_documents,
                              read_text_documents)
 from tasks.filters import check_languages, default_filters, first_rejections, normalize
 from tasks.progress import progress
@@ -47,7 +47,7 @@ FORMATS = ("parquet", "text")
 MIN_CHARS = 100
 MAX_CHARS = 5_000_000
 PARALLEL_MIN_BYTES = 64 << 20  # input size from which the filters run in worker processes (they start in ~1 s)
-REJECTS = "rejects"
+REJECTS = REJECTS_DIR
 STATS = "stats.json"
 ROW_GROUP_ROWS = 4096
 ROW_GROUP_BYTES = 64 << 20  # a row group is flushed at this much text too: memory stays flat with long documents
@@ -74,15 +74,13 @@ def parse_size(size: str | int) -> int:
 
 
 def _inputs(inputs, out: str | Path) -> list[Path]:
-    """Expand inputs, leaving out OUT and its temp folders (a re-run must not eat its own output) and merge rejects."""
+    """Expand inputs, leaving out OUT and its temp folders: a re-run must not eat its own output."""
     if not inputs:
         raise CookError("no inputs: give document files, folders or globs to merge")
     out = Path(out).resolve()
     files = []
     for f in expand_inputs(inputs):
         r = f.resolve()
-        if r.parent.name == REJECTS and (r.parent.parent / STATS).is_file():
-            continue  # another merge's rejects
         if r.is_relative_to(out) or (r.is_relative_to(out.parent) and r.relative_to(out.parent).parts[0].startswith(f".{out.name}.")):
             continue
         files.append(f)

@@ -1,0 +1,70 @@
+"""The README's Cosmopedia path, as a user runs it: unparquet, then merge, then tokenize (the real CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model.shards import list_shards, read_shard
+from model.tokenizer import load_tokenizer
+from tasks.documents import read_documents
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _prose(n: int, offset: int) -> list[str]:
+    """Real prose: groups of paragraphs from Python's own help topics."""
+    from pydoc_data.topics import topics
+
+    paras = [p.strip() for t in sorted(topics) for p in topics[t].split("\n\n") if len(p.strip()) > 200]
+    return ["\n\n".join(paras[(offset + 3 * i + k) % len(paras)] for k in range(3)) for i in range(n)]
+
+
+def _cosmo(path: Path, texts: list, order: list[str]) -> Path:
+    n = len(texts)
+    cols = {"prompt": [f"Write about topic {i}" for i in range(n)], "text": texts,
+            "text_token_length": [len(t or "") // 4 for t in texts], "seed_data": ["web"] * n,
+            "format": ["textbook"] * n, "audience": ["students"] * n}
+    schema = pa.schema([(c, pa.int64() if c == "text_token_length" else pa.string()) for c in order])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({c: cols[c] for c in order}, schema=schema), path, row_group_size=7)
+    return path
+
+
+def test_cosmopedia_path_end_to_end(cook, tmp_path):
+    a = _prose(20, 0)
+    b = _prose(15, 100) + [a[3], None, ""]  # a duplicate across subsets, a null and an empty text
+    src = tmp_path / "cosmopedia" / "data"
+    _cosmo(src / "stanford" / "train-00000-of-00001.parquet", a,
+           ["prompt", "text", "text_token_length", "seed_data", "format", "audience"])
+    _cosmo(src / "stories" / "train-00000-of-00001.parquet", b,
+           ["text", "audience", "format", "seed_data", "text_token_length", "prompt"])
+
+    docs, merged, tokens = tmp_path / "docs", tmp_path / "merged", tmp_path / "tokens"
+    for args in (["unparquet", src, "--out", docs],
+                 ["merge", docs, "--out", merged, "--shard-size", "20KB"],
+                 ["tokenize", merged, "--encoding", "gpt2", "--out", tokens]):
+        proc = cook(args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    stats = json.loads((merged / "stats.json").read_text())
+    kept = [d["text"] for p in sorted(merged.glob("shard_*.parquet")) for d in read_documents(p)]
+    assert len(list(merged.glob("shard_*.parquet"))) > 1, "shards roll at --shard-size"
+    rejects = [d for p in sorted((merged / "rejects").glob("*.parquet")) for d in read_documents(p)]
+    assert [r["reason"] for r in rejects if r["text"] == a[3]] == ["exact-duplicate"]
+    assert len(kept) + len(rejects) == 20 + 16, "every converted document is kept or rejected with a reason"
+    assert stats, "merge wrote its stats"
+
+    meta = json.loads((tokens / "meta.json").read_text())
+    tok = load_tokenizer(tokens)
+    ids = np.concatenate([read_shard(p) for s in ("train", "val") for p in list_shards(tokens, s)])
+    texts = tok.decode(ids).split("<|endoftext|>")[:-1]
+    assert len(texts) == len(kept), (len(texts), len(kept))
+    for t, k in zip(sorted(texts), sorted(kept)):
+        assert t == k, (t[:300], k[:300])
+    assert meta["splits"]["val"]["documents"] >= 1
