@@ -25,6 +25,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_unparquet.py
 	$(BIN)/python benchmarks/bench_merge.py
+	$(BIN)/python benchmarks/bench_wikipedia.py
+	$(BIN)/python benchmarks/bench_wikidump.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -128,6 +128,64 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     DEBUG = DEBUG or debug
 
 
+scrape_app = typer.Typer(help="Gather text from the sources: Wikipedia's API and its XML dumps.", no_args_is_help=True)
+app.add_typer(scrape_app, name="scrape")
+
+
+@scrape_app.command("wikipedia")
+def scrape_wikipedia(
+    query: Optional[List[str]] = typer.Option(None, "--query", "-q", help="A search query (repeatable) [default: the built-in ~40 topics]."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="A file of queries, one a line."),
+    extra_urls: bool = typer.Option(True, "--extra-urls/--no-extra-urls", help="Follow links to other articles."),
+    max_pages: int = typer.Option(500, "--max-pages", help="Stop after this many pages in all."),
+    depth: int = typer.Option(1, "--depth", help="How many links deep to follow, breadth-first."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/wikipedia]."),
+    concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight per host at most."),
+    rate_limit: float = typer.Option(10.0, "--rate-limit", help="Requests per second per host at most."),
+) -> None:
+    """Search Wikipedia through the MediaWiki API and collect articles politely; re-running resumes."""
+    _prepare_env()
+    from model.errors import CookError
+    from flows.scrape_wikipedia import check_scrape_wikipedia_args, scrape_wikipedia_flow
+
+    kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
+                  extra_urls=extra_urls, max_pages=max_pages, depth=depth, out=str(out) if out else None,
+                  concurrency=concurrency, rate_limit=rate_limit)
+    try:
+        check_scrape_wikipedia_args(**kwargs)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    r = _run(scrape_wikipedia_flow, **kwargs)
+    typer.echo(f"wikipedia: {r['documents']} documents in {r['out']} ({r['fetched']} fetched now, "
+               f"{r['cached']} queries cached, {len(r['failed_pages'])} pages failed, {len(r['failed_queries'])} queries failed)")
+
+
+@scrape_app.command("wiki-dump")
+def scrape_wiki_dump(
+    dump: Path = typer.Argument(..., help="A pages-articles .xml or .xml.bz2 dump (multistream with its index: in parallel)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/wikipedia-dump]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: all cores]."),
+    fetch: bool = typer.Option(False, "--fetch", help="Fetch each title of the dump through the API scraper instead."),
+) -> None:
+    """Read a Wikipedia XML dump into documents, streaming, in constant memory."""
+    _prepare_env()
+    from model.errors import CookError
+    from flows.wiki_dump import check_wiki_dump_args, wiki_dump_flow
+
+    try:
+        check_wiki_dump_args(str(dump), str(out) if out else None, workers)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    result = _run(wiki_dump_flow, dump=str(dump), out=str(out) if out else None, workers=workers, fetch=fetch)
+    if isinstance(result, dict) and result.get("truncated"):
+        typer.echo(f"warning: {dump} is truncated: kept every complete page before the cut", err=True)
+    if fetch:
+        typer.echo(f"wiki-dump: fetched {result.get('fetched')} pages into {result.get('out')} "
+                   f"({result.get('skipped_done')} already done, {len(result.get('failed') or [])} failed)")
+    else:
+        typer.echo(f"wiki-dump: {result.get('kept')} articles of {result.get('pages_seen')} pages into {result.get('out')}")
+
+
 @app.command()
 def unparquet(
     sources: List[str] = typer.Argument(..., help="Parquet files, folders, globs, or Hub paths (hf://datasets/...)."),

@@ -1,0 +1,114 @@
+"""`cook scrape wikipedia`: search queries -> pages -> linked pages, as clean documents, one cached Prefect task per query.
+
+    cook scrape wikipedia [--query Q ...] [--queries FILE] [--extra-urls/--no-extra-urls] [--max-pages N] [--depth D] [--out DIR]
+
+`max_pages` is the budget of the whole run, shared fairly: each query gets an even share of what the queries
+before it left. Pages are deduplicated by page id across queries and runs (the ledger `OUT/ledger.sqlite`).
+A failing page is recorded and retried by the next run; it never stops the crawl. A query whose search
+fails is reported and the other queries go on.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from model.errors import CookError
+from tasks.settings import get_settings
+from tasks.wikipedia import DEFAULT_QUERIES, check_scrape_wikipedia_args, crawl_query_task, default_out
+
+__all__ = ["DEFAULT_QUERIES", "check_scrape_wikipedia_args", "scrape_wikipedia_flow"]
+
+
+@flow(name="scrape-wikipedia")
+def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | None = None, extra_urls: bool = True,
+                          max_pages: int = 500, depth: int = 1, out: str | None = None, concurrency: int = 4,
+                          rate_limit: float = 10.0) -> dict:
+    """Crawl Wikipedia for `queries` (or the built-in topics) into document parquet parts under `out`.
+
+    `extra_urls` turns link following on (to `depth` levels); off, only search hits are fetched. Returns
+    the run's summary: out, queries, documents done, pages fetched now, failures and cached queries.
+    """
+    qs = check_scrape_wikipedia_args(queries, queries_file, extra_urls, max_pages, depth, out, concurrency, rate_limit)
+    out_dir = Path(out).resolve() if out else default_out().resolve()
+    api_url = get_settings().wikipedia_api_url
+    depth = depth if extra_urls else 0
+    logger = get_run_logger()
+
+    rows, errors, used, cached = [], [], 0, 0
+    for i, q in enumerate(qs):
+        quota = math.ceil(max(0, max_pages - used) / (len(qs) - i))
+        if quota == 0:
+            rows.append({"query": q, "quota": 0, "done": 0, "fetched": 0, "failed": [], "state": "skipped"})
+            continue
+        state = crawl_query_task.with_options(task_run_name=f"wikipedia {q}")(
+            q, quota, depth, max_pages, str(out_dir), api_url, concurrency=concurrency, rate_limit=rate_limit, return_state=True)
+        if state.is_completed():
+            r = dict(state.result())
+            r["state"] = state.name
+            if state.name == "Cached":
+                cached += 1
+                r["fetched"] = 0  # fetched by the run that cached it
+            used += r["done"]
+            rows.append(r)
+        else:
+            exc = state.result(raise_on_failure=False)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if isinstance(exc, BaseException) else str(state.message)
+            errors.append({"query": q, "reason": reason})
+            rows.append({"query": q, "quota": quota, "done": 0, "fetched": 0, "failed": [], "state": "Failed", "reason": reason})
+
+    failed_pages = [f for r in rows for f in r["failed"]]
+    summary = {
+        "out": str(out_dir), "api_url": api_url, "queries": len(qs), "documents": used,
+        "fetched": sum(r["fetched"] for r in rows), "failed_pages": failed_pages, "failed_queries": errors,
+        "cached": cached, "per_query": [{k: r.get(k) for k in ("query", "quota", "done", "fetched", "state")} | {"failed": len(r["failed"])} for r in rows],
+    }
+    _publish(summary, rows)
+    logger.info("scrape wikipedia: %d documents for %d queries (%d fetched now, %d queries cached), %d pages failed, %d queries failed -> %s",
+                used, len(qs), summary["fetched"], cached, len(failed_pages), len(errors), out_dir)
+    if errors and len(errors) == len(qs):
+        raise CookError(f"scrape wikipedia: every query failed, e.g. {errors[0]['query']!r}: {errors[0]['reason']}")
+    return summary
+
+
+def _publish(summary: dict, rows: list[dict]) -> None:
+    """A markdown artifact: totals, one row per query, then the failures with their reasons."""
+    md = [f"# scrape wikipedia -> `{summary['out']}`", "",
+          f"- API: {summary['api_url']}",
+          f"- documents: {summary['documents']} ({summary['fetched']} fetched in this run), queries: {summary['queries']} ({summary['cached']} cached)",
+          f"- failed pages: {len(summary['failed_pages'])} (retried by the next run), failed queries: {len(summary['failed_queries'])}",
+          "", "| query | state | budget | done | fetched now | failed |", "|---|---|---:|---:|---:|---:|"]
+    md += [f"| {r['query']} | {r['state']} | {r['quota']} | {r['done']} | {r['fetched']} | {len(r['failed'])} |" for r in rows]
+    if summary["failed_pages"] or summary["failed_queries"]:
+        md += ["", "## Failures", ""]
+        md += [f"- page {f['pageid']} {f['title']}: {f['error']}" for f in summary["failed_pages"][:200]]
+        md += [f"- query {f['query']}: {f['reason']}" for f in summary["failed_queries"]]
+    try:
+        create_markdown_artifact(key="scrape-wikipedia-summary", markdown="\n".join(md), description="cook scrape wikipedia summary")
+    except Exception:  # the artifact is a nicety: never fail the run over it
+        pass
+
+
+if __name__ == "__main__":  # a stand-in runner until `cook scrape wikipedia` is wired: python -m flows.scrape_wikipedia ...
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m flows.scrape_wikipedia")
+    ap.add_argument("--query", action="append")
+    ap.add_argument("--queries")
+    ap.add_argument("--no-extra-urls", dest="extra_urls", action="store_false")
+    ap.add_argument("--max-pages", type=int, default=500)
+    ap.add_argument("--depth", type=int, default=1)
+    ap.add_argument("--out")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--rate-limit", type=float, default=10.0)
+    a = ap.parse_args()
+    try:
+        s = scrape_wikipedia_flow(queries=a.query, queries_file=a.queries, extra_urls=a.extra_urls, max_pages=a.max_pages,
+                                  depth=a.depth, out=a.out, concurrency=a.concurrency, rate_limit=a.rate_limit)
+    except CookError as e:
+        raise SystemExit(f"error: {e}")
+    print(json.dumps({k: s[k] for k in ("documents", "fetched", "cached")}))

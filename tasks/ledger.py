@@ -1,0 +1,162 @@
+"""A crawl ledger: which items of a source are done, failed or staged, in one SQLite file (WAL mode).
+
+Crawlers (Wikipedia, later YouTube) record every item by `(source, key)`, e.g. `("wikipedia:en", "12345")`,
+with its title, a `tag` (what found it, e.g. the query), `attempts`, the last error and a JSON `data` blob
+(e.g. a page's outgoing links, so a resumed crawl can walk on without fetching the page again).
+
+The order that makes a crawl crash-safe:
+
+1. `stage(source, items)` records the fetched items (and their data) in one transaction;
+2. the crawler writes them to an output file atomically (temp then rename);
+3. `mark_done(source, keys, part)` marks them done in one transaction.
+
+After a crash between 2 and 3, `reconcile(source, keys_in_outputs)` marks done the staged items found in
+the output files, so nothing is lost and nothing is fetched twice. Staged items not found in any output
+were never written: they count as not done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+STATUSES = ("pending", "staged", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    title TEXT,
+    tag TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'staged', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    part TEXT,
+    data TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, key)
+);
+CREATE INDEX IF NOT EXISTS items_status ON items (source, status);
+CREATE INDEX IF NOT EXISTS items_tag ON items (source, tag, status);
+"""
+
+
+class Ledger:
+    """One SQLite ledger file; safe to share between threads (one connection behind a lock)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a killed process
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def stage(self, source: str, items: Iterable[dict]) -> None:
+        """Record fetched items (`key`, `title`, `tag`, `data`) as staged, in one transaction; done items stay done."""
+        now = time.time()
+        rows = [(source, str(it["key"]), it.get("title"), it.get("tag"), json.dumps(it.get("data")), now) for it in items]
+        self._write(
+            "INSERT INTO items (source, key, title, tag, status, attempts, data, updated_at) VALUES (?, ?, ?, ?, 'staged', 1, ?, ?) "
+            "ON CONFLICT (source, key) DO UPDATE SET title = excluded.title, tag = excluded.tag, data = excluded.data, "
+            "attempts = attempts + 1, error = NULL, status = 'staged', updated_at = excluded.updated_at WHERE status != 'done'",
+            rows,
+        )
+
+    def mark_done(self, source: str, keys: Iterable[Any], part: str | None = None) -> None:
+        """Mark staged items done (their output, `part`, is durably written), in one transaction."""
+        now = time.time()
+        self._write("UPDATE items SET status = 'done', part = ?, updated_at = ? WHERE source = ? AND key = ?",
+                    [(part, now, source, str(k)) for k in keys])
+
+    def mark_failed(self, source: str, key: Any, error: str, title: str | None = None, tag: str | None = None) -> None:
+        """Record one failed attempt (a later run retries it); a done item stays done."""
+        self._write(
+            "INSERT INTO items (source, key, title, tag, status, attempts, error, updated_at) VALUES (?, ?, ?, ?, 'failed', 1, ?, ?) "
+            "ON CONFLICT (source, key) DO UPDATE SET status = 'failed', attempts = attempts + 1, error = excluded.error, "
+            "title = COALESCE(excluded.title, title), tag = COALESCE(tag, excluded.tag), updated_at = excluded.updated_at WHERE status != 'done'",
+            [(source, str(key), title, tag, error[:500], time.time())],
+        )
+
+    def reconcile(self, source: str, written: dict[str, str]) -> int:
+        """After a crash: items found in output files (`key -> part`) become done; other staged items go back to
+        pending. Returns how many were recovered as done."""
+        with self._lock:
+            staged = {k for (k,) in self._db.execute("SELECT key FROM items WHERE source = ? AND status = 'staged'", (source,))}
+        recovered = [k for k in staged if k in written]
+        now = time.time()
+        self._write("UPDATE items SET status = 'done', part = ?, updated_at = ? WHERE source = ? AND key = ?",
+                    [(written[k], now, source, k) for k in recovered])
+        self._write("UPDATE items SET status = 'pending', updated_at = ? WHERE source = ? AND key = ?",
+                    [(now, source, k) for k in staged - set(recovered)])
+        return len(recovered)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def get(self, source: str, key: Any) -> dict | None:
+        with self._lock:
+            cur = self._db.execute("SELECT key, title, tag, status, attempts, error, part, data, updated_at FROM items "
+                                   "WHERE source = ? AND key = ?", (source, str(key)))
+            row = cur.fetchone()
+        return None if row is None else _row(row)
+
+    def items(self, source: str, status: str | None = None, tag: str | None = None) -> list[dict]:
+        sql = "SELECT key, title, tag, status, attempts, error, part, data, updated_at FROM items WHERE source = ?"
+        args: list = [source]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if tag is not None:
+            sql += " AND tag = ?"
+            args.append(tag)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY updated_at, key", args).fetchall()
+        return [_row(r) for r in rows]
+
+    def keys(self, source: str, status: str = "done") -> set[str]:
+        with self._lock:
+            return {k for (k,) in self._db.execute("SELECT key FROM items WHERE source = ? AND status = ?", (source, status))}
+
+    def counts(self, source: str, tag: str | None = None) -> dict[str, int]:
+        """Items per status (every status present, zero when none)."""
+        sql, args = "SELECT status, COUNT(*) FROM items WHERE source = ?", [source]
+        if tag is not None:
+            sql += " AND tag = ?"
+            args.append(tag)
+        with self._lock:
+            found = dict(self._db.execute(sql + " GROUP BY status", args).fetchall())
+        return {s: found.get(s, 0) for s in STATUSES}
+
+
+def _row(r: tuple) -> dict:
+    key, title, tag, status, attempts, error, part, data, updated = r
+    return {"key": key, "title": title, "tag": tag, "status": status, "attempts": attempts, "error": error,
+            "part": part, "data": json.loads(data) if data else None, "updated_at": updated}

@@ -1,0 +1,622 @@
+"""Wikipedia through the MediaWiki Action API: polite fetching, clean text extraction, a resumable crawl.
+
+- `WikiClient`: one host, a descriptive User-Agent, `maxlag=5` on every request, at most `concurrency`
+  requests in flight and at most `rate_limit` requests started per second (both never exceeded), timeouts,
+  and retries with exponential backoff and jitter that honour Retry-After (429, 503, `maxlag`), and retry
+  truncated bodies and hangs.
+- `extract_text(html)`: parser output HTML -> plain text (paragraphs, headings, list items; no citation
+  markers, infoboxes, navboxes, hatnotes, tables, edit links, figures, math, style, nor the trailing
+  See also / Notes / References / Further reading / External links sections), with selectolax.
+- `Crawler`: `list=search` seeds, `action=parse` per page (by page id), link following in the main
+  namespace breadth-first, page-id dedup across queries and runs through a SQLite ledger
+  (`OUT/ledger.sqlite`, see tasks.ledger), documents written in atomic parquet parts. A page that fails
+  is recorded failed and the crawl goes on; the next run retries it.
+- `fetch_pages(titles, out)`: fetch given titles (e.g. from a dump) through the same machinery.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import quote, urlparse
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from selectolax.lexbor import LexborHTMLParser
+
+from model.atomic import atomic_write_text, clean_stale_temps
+from model.errors import CookError
+from tasks.caching import OutputsCache, stable_hash
+from tasks.documents import SCHEMA, write_documents
+from tasks.ledger import Ledger
+from tasks.progress import progress
+
+SOURCE = "wikipedia"
+LICENSE = "CC BY-SA 4.0"
+DOC_SCHEMA = pa.schema(list(SCHEMA) + [pa.field("license", pa.string()), pa.field("revid", pa.int64())])
+LEDGER_NAME = "ledger.sqlite"
+
+# The original's topics (typos fixed), plus a few more: breadth over science, history, culture.
+DEFAULT_QUERIES = [
+    "Antarctica", "World war", "Quantum mechanics", "CRISPR", "Loss function", "Bayesian probability",
+    "Photosynthesis", "Roman Empire", "Renaissance", "Industrial Revolution", "Evolution", "General relativity",
+    "Thermodynamics", "Plate tectonics", "Climate change", "DNA", "Immune system", "Vaccine",
+    "Black hole", "Solar System", "Periodic table", "Linear algebra", "Calculus", "Prime number",
+    "Algorithm", "Machine learning", "Neural network", "Information theory", "Computer science", "Internet",
+    "Democracy", "Economics", "Philosophy", "Music theory", "Printing press", "Ancient Egypt",
+    "Mount Everest", "Amazon rainforest", "Ocean", "Language",
+]
+
+# Headings from which on everything is dropped (compared case-insensitively).
+STOP_SECTIONS = {"see also", "notes", "references", "further reading", "external links", "notes and references",
+                 "footnotes", "citations", "sources", "bibliography", "works cited"}
+# Clutter removed before reading the text (real parser output class names).
+CLUTTER = ", ".join([
+    "sup.reference", "sup.noprint", ".mw-ref", "span.mw-editsection", "style", "script", "link", "meta",
+    "table", ".infobox", ".navbox", ".vertical-navbox", ".sidebar", ".hatnote", "[role=note]", "[role=navigation]",
+    ".shortdescription", ".ambox", ".metadata", ".noprint", ".mw-empty-elt", "#toc", ".toc",
+    "figure", ".thumb", ".thumbcaption", "figcaption", ".gallery", "img",
+    ".mwe-math-element", "math", ".mwe-math-fallback-image-inline", ".mwe-math-fallback-image-display",
+    "ol.references", ".reflist", ".mw-references-wrap", ".mw-cite-backlink", ".refbegin",
+])
+BLOCKS = "p, h2, h3, h4, h5, h6, li, dd, dt"
+HEADINGS = ("h2", "h3", "h4", "h5", "h6")
+RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_CODES = {"maxlag", "ratelimited"}  # API errors answered after a wait
+MISSING_CODES = {"missingtitle", "nosuchpageid", "invalidtitle"}
+
+
+class FetchError(Exception):
+    """A request that still failed after every retry, or an API error that retrying cannot fix."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+# --- politeness ------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Start at most `rate` requests per second: a token bucket of one token, so starts are `1/rate` s apart
+    (any window of w seconds holds at most w*rate + 1 starts). `pause(s)` holds every start back (Retry-After)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class WikiClient:
+    """GET requests to one MediaWiki API endpoint, within the concurrency and rate limits, with retries.
+
+    `get(params)` returns the decoded JSON (API errors other than maxlag/ratelimited included, under
+    `error`), or raises FetchError once `retries` are spent.
+    """
+
+    def __init__(self, api_url: str | None = None, *, user_agent: str | None = None, concurrency: int = 4,
+                 rate_limit: float = 10.0, timeout: float = 30.0, retries: int = 6, backoff: float = 0.5,
+                 max_wait: float = 120.0, maxlag: int = 5):
+        from tasks.settings import get_settings
+
+        settings = get_settings()
+        self.api_url = api_url or settings.wikipedia_api_url
+        self.concurrency = concurrency
+        self.retries, self.backoff, self.max_wait, self.maxlag = retries, backoff, max_wait, maxlag
+        self.limiter = RateLimiter(rate_limit)
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self.http = httpx.Client(
+            headers={"User-Agent": user_agent or settings.user_agent, "Accept-Encoding": "gzip"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=True,
+        )
+        self.stats = {"requests": 0, "retries": 0}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.max_wait, self.backoff * 2**attempt) * (0.5 + random.random())  # exponential, jittered
+
+    def get(self, params: dict) -> dict:
+        params = {**params, "format": "json", "formatversion": "2", "maxlag": str(self.maxlag)}
+        reason = ""
+        for attempt in range(self.retries + 1):
+            wait = self._backoff(attempt)
+            with self._slots:  # at most `concurrency` in flight, each start within the rate
+                self.limiter.acquire()
+                self.stats["requests"] += 1
+                try:
+                    r = self.http.get(self.api_url, params=params)
+                except httpx.TimeoutException as e:
+                    reason = f"timed out ({type(e).__name__})"
+                    r = None
+                except httpx.TransportError as e:  # refused, reset, incomplete body
+                    reason = f"{type(e).__name__}: {e}"
+                    r = None
+            if r is not None:
+                if r.status_code in RETRY_STATUS:
+                    reason = f"HTTP {r.status_code}"
+                    after = _retry_after(r.headers.get("Retry-After"))
+                    if after is not None:
+                        wait = min(self.max_wait, after) + random.random() * self.backoff
+                        self.limiter.pause(min(self.max_wait, after))
+                elif r.status_code >= 400:
+                    raise FetchError(f"HTTP {r.status_code} from {self.api_url}", code=str(r.status_code))
+                else:
+                    try:
+                        data = json.loads(r.content)
+                    except ValueError:
+                        reason = "truncated or invalid JSON body"
+                    else:
+                        code = (data.get("error") or {}).get("code") if isinstance(data, dict) else None
+                        if code not in RETRY_CODES:
+                            return data
+                        reason = f"API error {code}"
+                        after = _retry_after(r.headers.get("Retry-After"))
+                        after = self.maxlag if after is None else after
+                        wait = min(self.max_wait, after) + random.random() * self.backoff
+                        self.limiter.pause(min(self.max_wait, after))
+            if attempt < self.retries:
+                self.stats["retries"] += 1
+                time.sleep(wait)
+        raise FetchError(f"{reason} (after {self.retries + 1} tries)")
+
+    def site(self) -> tuple[str, str]:
+        """(language code, article URL pattern with `$1`) from siteinfo; derived from the API URL if that fails."""
+        u = urlparse(self.api_url)
+        host = u.hostname or ""
+        first = host.split(".")[0]
+        lang = first if host.count(".") >= 2 and re.fullmatch(r"[a-z][a-z-]{1,11}", first) else "en"
+        pattern = f"https://{u.netloc}/wiki/$1" if u.scheme == "https" or host.count(".") >= 2 else f"{u.scheme}://{u.netloc}/wiki/$1"
+        try:
+            g = self.get({"action": "query", "meta": "siteinfo", "siprop": "general"})["query"]["general"]
+            server = g["server"]
+            server = "https:" + server if server.startswith("//") else server
+            return g.get("lang") or lang, server + g.get("articlepath", "/wiki/$1")
+        except (FetchError, KeyError, TypeError):
+            return lang, pattern
+
+
+# --- extraction ------------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _cut_trailing_sections(root) -> None:
+    """Drop the first stop heading (See also, References, ...) and everything after it, in both heading shapes:
+    `<h2><span class="mw-headline">…</span></h2>` and `<div class="mw-heading"><h2>…</h2></div>`."""
+    for h in root.css(", ".join(HEADINGS)):
+        if _clean(h.text()).lower() not in STOP_SECTIONS:
+            continue
+        node = h
+        parent = h.parent
+        if parent is not None and "mw-heading" in (parent.attributes.get("class") or ""):
+            node = parent
+        start = node
+        while node is not None and node.mem_id != root.mem_id:
+            sib = node.next
+            while sib is not None:
+                nxt = sib.next
+                sib.decompose()
+                sib = nxt
+            node = node.parent
+        start.decompose()
+        return
+
+
+def extract_text(html: str) -> str:
+    """Parser output HTML -> plain text: paragraphs, headings and list items, one block per paragraph
+    (blank line between), whitespace collapsed; clutter and the trailing sections dropped."""
+    tree = LexborHTMLParser(html)
+    root = tree.css_first("div.mw-parser-output") or tree.body
+    if root is None:
+        return ""
+    for node in root.css(CLUTTER):
+        node.decompose()
+    _cut_trailing_sections(root)
+    blocks: list[str] = []
+    for node in root.css(BLOCKS):
+        anc, inside = node.parent, False
+        while anc is not None and anc.mem_id != root.mem_id:  # nested block: its text is in the outer one
+            if anc.tag in ("p", "li", "dd", "dt", *HEADINGS):
+                inside = True
+                break
+            anc = anc.parent
+        if inside:
+            continue
+        text = _clean(node.text(deep=True))
+        if text:
+            blocks.append(text)
+    return "\n\n".join(blocks)
+
+
+# --- API calls -------------------------------------------------------------------------------------
+
+
+def search(client: WikiClient, query: str, limit: int) -> list[tuple[int, str]]:
+    """Main-namespace search hits for `query`, up to `limit`, following `continue`: [(pageid, title)]."""
+    hits: list[tuple[int, str]] = []
+    cont: dict = {}
+    while len(hits) < limit:
+        data = client.get({"action": "query", "list": "search", "srsearch": query, "srnamespace": "0",
+                           "srlimit": str(min(50, limit - len(hits))), "srprop": "", **cont})
+        if "error" in data:
+            raise FetchError(f"search {query!r}: {data['error'].get('code')}: {data['error'].get('info')}", data["error"].get("code"))
+        batch = (data.get("query") or {}).get("search") or []
+        hits += [(int(h["pageid"]), h["title"]) for h in batch if h.get("ns", 0) == 0 and "pageid" in h]
+        cont = data.get("continue") or {}
+        if not cont or not batch:
+            break
+    return hits[:limit]
+
+
+def resolve_titles(client: WikiClient, titles: list[str]) -> list[tuple[int, str]]:
+    """Titles -> existing main-namespace pages [(pageid, title)], redirects followed, in first-seen order, unique."""
+    out: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    for i in range(0, len(titles), 50):
+        data = client.get({"action": "query", "titles": "|".join(titles[i : i + 50]), "redirects": "1"})
+        if "error" in data:
+            raise FetchError(f"title lookup: {data['error'].get('code')}: {data['error'].get('info')}", data["error"].get("code"))
+        q = data.get("query") or {}
+        by_title = {p["title"]: p for p in q.get("pages") or [] if "pageid" in p and not p.get("missing") and p.get("ns") == 0}
+        step = {d["from"]: d["to"] for d in (q.get("normalized") or []) + (q.get("redirects") or [])}
+        for t in titles[i : i + 50]:
+            for _ in range(4):  # title -> normalized -> redirect target
+                if t in by_title or t not in step:
+                    break
+                t = step[t]
+            p = by_title.get(t)
+            if p is not None and p["pageid"] not in seen:
+                seen.add(p["pageid"])
+                out.append((int(p["pageid"]), p["title"]))
+    return out
+
+
+def fetch_page(client: WikiClient, pageid: int | None = None, title: str | None = None) -> dict:
+    """One page by id (or title): {pageid, revid, title, html, links (main-namespace titles that exist)}.
+
+    Raises FetchError (code `missingtitle`/`nosuchpageid` for a page that is gone)."""
+    params = {"action": "parse", "prop": "text|links|revid", "redirects": "1",
+              "disablelimitreport": "1", "disableeditsection": "1", "disabletoc": "1"}
+    params.update({"pageid": str(pageid)} if pageid is not None else {"page": str(title)})
+    data = client.get(params)
+    if "error" in data:
+        err = data["error"]
+        raise FetchError(f"{err.get('code')}: {err.get('info', '')}".strip(), err.get("code"))
+    p = data["parse"]
+    text = p["text"] if isinstance(p["text"], str) else p["text"]["*"]  # formatversion 2 / 1
+    links = [link["title"] for link in p.get("links") or [] if link.get("ns") == 0 and link.get("exists", True)]
+    return {"pageid": int(p["pageid"]), "revid": int(p.get("revid") or 0), "title": p["title"], "html": text, "links": links}
+
+
+# --- the crawl -------------------------------------------------------------------------------------
+
+
+def seeds_for(quota: int, depth: int) -> int:
+    """Search hits to seed a query with: the budget split evenly between the seeds and each level of links."""
+    return max(1, math.ceil(quota / (depth + 1)))
+
+
+class Crawler:
+    """A crawl into one output folder: its ledger, its client, its parquet parts. Use as a context manager."""
+
+    def __init__(self, out: str | Path, *, api_url: str | None = None, concurrency: int = 4, rate_limit: float = 10.0,
+                 timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, batch_pages: int = 16,
+                 on_page: Callable[[bool], None] | None = None):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(self.out)
+        self.client = WikiClient(api_url, concurrency=concurrency, rate_limit=rate_limit, timeout=timeout,
+                                 retries=retries, backoff=backoff)
+        self.lang, self._pattern = self.client.site()
+        self.source = f"{SOURCE}:{self.lang}"
+        self.ledger = Ledger(self.out / LEDGER_NAME)
+        self.batch_pages = batch_pages
+        self.on_page = on_page
+        # more workers than request slots: while some parse HTML, the client's semaphore keeps `concurrency` requests in flight
+        self._pool = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="wikipedia")
+        self._buffer: list[tuple[dict, dict]] = []
+        self.recovered = self._reconcile()
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.client.close()
+            self.ledger.close()
+
+    def __enter__(self) -> "Crawler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def doc_id(self, pageid: int) -> str:
+        return f"{SOURCE}:{self.lang}:{pageid}"
+
+    def url(self, title: str) -> str:
+        return self._pattern.replace("$1", quote(title.replace(" ", "_"), safe=";@$!*(),/~:"))
+
+    def _reconcile(self) -> int:
+        """Pages staged before a crash: done if a part file holds them, else back to pending."""
+        if not self.ledger.counts(self.source)["staged"]:
+            return 0
+        prefix = f"{SOURCE}:{self.lang}:"
+        written: dict[str, str] = {}
+        for part in sorted(self.out.glob("*.parquet")):
+            for doc_id in pq.read_table(part, columns=["id"]).column("id").to_pylist():
+                if doc_id.startswith(prefix):
+                    written[doc_id[len(prefix):]] = part.name
+        return self.ledger.reconcile(self.source, written)
+
+    # --- fetching ----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Write the buffered pages: stage them in the ledger, write one atomic part, mark them done."""
+        if not self._buffer:
+            return
+        docs, items = zip(*self._buffer)
+        self.ledger.stage(self.source, items)
+        part = self.out / f"{SOURCE}-{self.lang}-{uuid.uuid4().hex[:16]}.parquet"
+        write_documents(part, docs, DOC_SCHEMA)
+        self.ledger.mark_done(self.source, [it["key"] for it in items], part.name)
+        self._buffer = []
+
+    def _one(self, pageid: int, title: str) -> dict:
+        page = fetch_page(self.client, pageid=pageid)
+        page["text"] = extract_text(page.pop("html"))
+        return page
+
+    def fetch(self, pages: list[tuple[int, str]], tag: str, budget: int | None = None) -> tuple[dict[int, list[str]], list[dict]]:
+        """Fetch `pages` (ids not done yet), at most `budget` successes, failures replaced by the next ones.
+
+        Returns ({pageid: links} of the pages written, [failures {pageid, title, error}])."""
+        done: dict[int, list[str]] = {}
+        failed: list[dict] = []
+        todo = list(pages)
+        while todo and (budget is None or len(done) < budget):
+            take = len(todo) if budget is None else budget - len(done)
+            chunk, todo = todo[:take], todo[take:]
+            futures = {self._pool.submit(self._one, pid, title): (pid, title) for pid, title in chunk}
+            for fut in as_completed(futures):
+                pid, title = futures[fut]
+                try:
+                    page = fut.result()
+                except Exception as e:  # one page never stops the crawl
+                    error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    self.ledger.mark_failed(self.source, pid, error, title=title, tag=tag)
+                    failed.append({"pageid": pid, "title": title, "error": error})
+                    if self.on_page:
+                        self.on_page(False)
+                    continue
+                doc = {"id": self.doc_id(page["pageid"]), "source": SOURCE, "url": self.url(page["title"]), "title": page["title"],
+                       "text": page["text"], "fetched_at": datetime.now(timezone.utc), "license": LICENSE, "revid": page["revid"]}
+                self._buffer.append((doc, {"key": pid, "title": page["title"], "tag": tag, "data": {"links": page["links"]}}))
+                done[pid] = page["links"]
+                if self.on_page:
+                    self.on_page(True)
+                if len(self._buffer) >= self.batch_pages:
+                    self._flush()
+        self._flush()
+        return done, failed
+
+    def crawl(self, query: str, quota: int, depth: int = 1, search_limit: int | None = None) -> dict:
+        """Crawl one query: search seeds, then main-namespace links breadth-first to `depth`, until `quota`
+        pages carry this query's tag. Pages done before (by any query, any run) are not fetched again;
+        their links come from the ledger, so the walk goes on through them and a resumed crawl walks the same way."""
+        before = self.ledger.counts(self.source, tag=query)["done"]
+        budget = quota - before
+        fetched, failures = 0, []
+        if budget > 0:
+            level = search(self.client, query, search_limit or seeds_for(quota, depth))
+            seen_ids = {pid for pid, _ in level}
+            seen_titles: set[str] = {t for _, t in level}
+            for d in range(depth + 1):
+                done_keys = self.ledger.keys(self.source, "done")
+                links: dict[int, list[str]] = {}
+                todo = []
+                for pid, title in level:
+                    if str(pid) in done_keys:
+                        row = self.ledger.get(self.source, pid)
+                        if row and row["data"]:  # walk on through it, from the ledger, without fetching it again
+                            links[pid] = row["data"].get("links") or []
+                    else:
+                        todo.append((pid, title))
+                new, failed = self.fetch(todo, query, budget)
+                links.update(new)
+                fetched += len(new)
+                budget -= len(new)
+                failures += failed
+                if d == depth or budget <= 0:
+                    break
+                titles = []
+                for pid, _ in level:
+                    for t in links.get(pid, ()):
+                        if t not in seen_titles:
+                            seen_titles.add(t)
+                            titles.append(t)
+                level = [(pid, t) for pid, t in resolve_titles(self.client, titles) if pid not in seen_ids]
+                seen_ids.update(pid for pid, _ in level)
+                if not level:
+                    break
+        counts = self.ledger.counts(self.source, tag=query)
+        return {"query": query, "quota": quota, "done": counts["done"], "fetched": fetched, "before": before,
+                "failed": failures, "parts": sorted({r["part"] for r in self.ledger.items(self.source, "done", tag=query) if r["part"]})}
+
+    def fetch_titles(self, titles: Iterable[str], tag: str = "fetch", chunk: int = 500) -> dict:
+        """Fetch the pages named by `titles` (redirects followed), skipping those done; streams in chunks."""
+        fetched, failures, skipped = 0, [], 0
+        batch: list[str] = []
+
+        def run(ts: list[str]) -> None:
+            nonlocal fetched, skipped
+            done_keys = self.ledger.keys(self.source, "done")
+            pages = resolve_titles(self.client, ts)
+            todo = [(pid, t) for pid, t in pages if str(pid) not in done_keys]
+            skipped += len(pages) - len(todo)
+            new, failed = self.fetch(todo, tag)
+            fetched += len(new)
+            failures.extend(failed)
+
+        for t in titles:
+            batch.append(t)
+            if len(batch) >= chunk:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+        return {"fetched": fetched, "skipped_done": skipped, "failed": failures}
+
+
+def fetch_pages(titles: Iterable[str], out: str | Path, *, api_url: str | None = None, concurrency: int = 4,
+                rate_limit: float = 10.0, tag: str = "fetch") -> dict:
+    """Fetch the Wikipedia pages named by `titles` into document parts under `out` (ledger-resumable, polite).
+
+    Returns {fetched, skipped_done, failed: [{pageid, title, error}], out}."""
+    with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit) as c:
+        summary = c.fetch_titles(titles, tag=tag)
+    return {**summary, "out": str(Path(out))}
+
+
+# --- arguments and the Prefect task ----------------------------------------------------------------
+
+
+def default_out() -> Path:
+    from tasks.settings import get_settings
+
+    return get_settings().data_dir / "wikipedia"
+
+
+def read_queries_file(path: str | Path) -> list[str]:
+    """One query a line; blank lines and `#` comments skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise CookError(f"queries file not found: {p}")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CookError(f"queries file is not UTF-8 text: {p}") from None
+    queries = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    if not queries:
+        raise CookError(f"queries file has no queries: {p}")
+    return queries
+
+
+def check_scrape_wikipedia_args(queries: list[str] | None = None, queries_file: str | None = None, extra_urls: bool = True,
+                                max_pages: int = 500, depth: int = 1, out: str | None = None, concurrency: int = 4,
+                                rate_limit: float = 10.0) -> list[str]:
+    """Validate before anything runs; return the queries to crawl (given ones, then the file's, de-duplicated;
+    the built-in list when neither is given)."""
+    from tasks.settings import get_settings
+
+    qs = [q.strip() for q in (queries or [])]
+    if any(not q for q in qs):
+        raise CookError("--query must not be empty")
+    if queries_file:
+        qs += read_queries_file(queries_file)
+    qs = list(dict.fromkeys(qs)) or list(DEFAULT_QUERIES)
+    if max_pages < 1:
+        raise CookError(f"--max-pages must be at least 1 (got {max_pages})")
+    if depth < 0:
+        raise CookError(f"--depth must be 0 or more (got {depth})")
+    if not 1 <= concurrency <= 32:
+        raise CookError(f"--concurrency must be between 1 and 32 (got {concurrency})")
+    if not rate_limit > 0:
+        raise CookError(f"--rate-limit must be above 0 requests/s (got {rate_limit})")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CookError(f"--out {out} is a file, not a folder")
+    api = urlparse(get_settings().wikipedia_api_url)
+    if api.scheme not in ("http", "https") or not api.netloc:
+        raise CookError(f"COOK_WIKIPEDIA_API_URL is not an http(s) URL: {get_settings().wikipedia_api_url}")
+    return qs
+
+
+def manifest_path(out: str | Path, query: str) -> Path:
+    """Where a query's finished crawl is recorded: its cache output, with the parts it lists."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", query).strip("-")[:40] or "query"
+    return Path(out) / "queries" / f"{slug}-{stable_hash(query)[:10]}.json"
+
+
+def _query_outputs(inputs: dict) -> list[Path]:
+    """The manifest, plus any part it lists that is gone: a hit only while the manifest and all its parts exist
+    (the key stays the same while they do)."""
+    m = manifest_path(inputs["out"], inputs["query"])
+    if not m.is_file():
+        return [m]
+    try:
+        parts = [Path(inputs["out"]) / p for p in json.loads(m.read_text())["parts"]]
+    except (ValueError, KeyError, TypeError):
+        return [m, m.with_suffix(".unreadable")]
+    return [m] + [p for p in parts if not p.exists()]
+
+
+def crawl_query(query: str, quota: int, depth: int, out: str, api_url: str | None = None, concurrency: int = 4,
+                rate_limit: float = 10.0, search_limit: int | None = None, **crawler_kw) -> dict:
+    """Crawl one query into `out` (see Crawler.crawl); a query with no failures records its manifest."""
+    with progress(f"wikipedia: {query}", total=max(quota, 1)) as bar:
+        with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit,
+                     on_page=lambda ok: bar.advance(1) if ok else None, **crawler_kw) as c:
+            bar.update(c.ledger.counts(c.source, tag=query)["done"])
+            summary = c.crawl(query, quota, depth, search_limit)
+            summary["parts"] = sorted({r["part"] for r in c.ledger.items(c.source, "done", tag=query) if r["part"]})
+    if not summary["failed"]:
+        atomic_write_text(manifest_path(out, query), json.dumps({k: summary[k] for k in ("query", "quota", "done", "parts")}, indent=1))
+    return summary
+
+
+@task(
+    name="crawl-query",
+    cache_policy=OutputsCache(outputs=_query_outputs, version="1", exclude=("concurrency", "rate_limit")),
+    persist_result=True,
+    cache_result_in_memory=False,
+)
+def crawl_query_task(query: str, quota: int, depth: int, max_pages: int, out: str, api_url: str,
+                     concurrency: int = 4, rate_limit: float = 10.0) -> dict:
+    """Prefect wrapper of `crawl_query`; cached on (query, quota, depth, max_pages, out, api_url) while its
+    manifest and parts exist. A query with failed pages writes no manifest, so the next run retries it."""
+    return crawl_query(query, quota, depth, out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit)
