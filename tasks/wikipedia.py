@@ -16,18 +16,14 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
-import random
 import re
-import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlparse
 
 import httpx
@@ -40,6 +36,7 @@ from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
 from tasks.caching import OutputsCache, stable_hash
 from tasks.documents import SCHEMA, write_documents
+from tasks.http import FetchError, PoliteClient, Retry, retry_after
 from tasks.ledger import Ledger
 from tasks.progress import progress
 
@@ -73,134 +70,38 @@ CLUTTER = ", ".join([
 ])
 BLOCKS = "p, h2, h3, h4, h5, h6, li, dd, dt"
 HEADINGS = ("h2", "h3", "h4", "h5", "h6")
-RETRY_STATUS = {429, 500, 502, 503, 504}
 RETRY_CODES = {"maxlag", "ratelimited"}  # API errors answered after a wait
 MISSING_CODES = {"missingtitle", "nosuchpageid", "invalidtitle"}
 
 
-class FetchError(Exception):
-    """A request that still failed after every retry, or an API error that retrying cannot fix."""
-
-    def __init__(self, message: str, code: str | None = None):
-        super().__init__(message)
-        self.code = code
-
-
-# --- politeness ------------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """Start at most `rate` requests per second: a token bucket of one token, so starts are `1/rate` s apart
-    (any window of w seconds holds at most w*rate + 1 starts). `pause(s)` holds every start back (Retry-After)."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-    def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
-class WikiClient:
+class WikiClient(PoliteClient):
     """GET requests to one MediaWiki API endpoint, within the concurrency and rate limits, with retries.
 
     `get(params)` returns the decoded JSON (API errors other than maxlag/ratelimited included, under
     `error`), or raises FetchError once `retries` are spent.
     """
 
-    def __init__(self, api_url: str | None = None, *, user_agent: str | None = None, concurrency: int = 4,
-                 rate_limit: float = 10.0, timeout: float = 30.0, retries: int = 6, backoff: float = 0.5,
-                 max_wait: float = 120.0, maxlag: int = 5):
+    def __init__(self, api_url: str | None = None, *, maxlag: int = 5, **kw: Any):
         from tasks.settings import get_settings
 
-        settings = get_settings()
-        self.api_url = api_url or settings.wikipedia_api_url
-        self.concurrency = concurrency
-        self.retries, self.backoff, self.max_wait, self.maxlag = retries, backoff, max_wait, maxlag
-        self.limiter = RateLimiter(rate_limit)
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self.http = httpx.Client(
-            headers={"User-Agent": user_agent or settings.user_agent, "Accept-Encoding": "gzip"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            follow_redirects=True,
-        )
-        self.stats = {"requests": 0, "retries": 0}
+        super().__init__(**kw)
+        self.api_url = api_url or get_settings().wikipedia_api_url
+        self.maxlag = maxlag
 
-    def close(self) -> None:
-        self.http.close()
+    def _parse(self, r: httpx.Response) -> dict:
+        try:
+            data = json.loads(r.content)
+        except ValueError:
+            raise Retry("truncated or invalid JSON body") from None
+        code = (data.get("error") or {}).get("code") if isinstance(data, dict) else None
+        if code in RETRY_CODES:
+            after = retry_after(r.headers.get("Retry-After"))
+            raise Retry(f"API error {code}", self.maxlag if after is None else after)
+        return data
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.max_wait, self.backoff * 2**attempt) * (0.5 + random.random())  # exponential, jittered
-
-    def get(self, params: dict) -> dict:
+    def get(self, params: dict) -> dict:  # type: ignore[override]
         params = {**params, "format": "json", "formatversion": "2", "maxlag": str(self.maxlag)}
-        reason = ""
-        for attempt in range(self.retries + 1):
-            wait = self._backoff(attempt)
-            with self._slots:  # at most `concurrency` in flight, each start within the rate
-                self.limiter.acquire()
-                self.stats["requests"] += 1
-                try:
-                    r = self.http.get(self.api_url, params=params)
-                except httpx.TimeoutException as e:
-                    reason = f"timed out ({type(e).__name__})"
-                    r = None
-                except httpx.TransportError as e:  # refused, reset, incomplete body
-                    reason = f"{type(e).__name__}: {e}"
-                    r = None
-            if r is not None:
-                if r.status_code in RETRY_STATUS:
-                    reason = f"HTTP {r.status_code}"
-                    after = _retry_after(r.headers.get("Retry-After"))
-                    if after is not None:
-                        wait = min(self.max_wait, after) + random.random() * self.backoff
-                        self.limiter.pause(min(self.max_wait, after))
-                elif r.status_code >= 400:
-                    raise FetchError(f"HTTP {r.status_code} from {self.api_url}", code=str(r.status_code))
-                else:
-                    try:
-                        data = json.loads(r.content)
-                    except ValueError:
-                        reason = "truncated or invalid JSON body"
-                    else:
-                        code = (data.get("error") or {}).get("code") if isinstance(data, dict) else None
-                        if code not in RETRY_CODES:
-                            return data
-                        reason = f"API error {code}"
-                        after = _retry_after(r.headers.get("Retry-After"))
-                        after = self.maxlag if after is None else after
-                        wait = min(self.max_wait, after) + random.random() * self.backoff
-                        self.limiter.pause(min(self.max_wait, after))
-            if attempt < self.retries:
-                self.stats["retries"] += 1
-                time.sleep(wait)
-        raise FetchError(f"{reason} (after {self.retries + 1} tries)")
+        return super().get(self.api_url, params, self._parse)
 
     def site(self) -> tuple[str, str]:
         """(language code, article URL pattern with `$1`) from siteinfo; derived from the API URL if that fails."""
