@@ -128,7 +128,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     DEBUG = DEBUG or debug
 
 
-scrape_app = typer.Typer(help="Gather text from the sources: Wikipedia's API and its XML dumps.", no_args_is_help=True)
+scrape_app = typer.Typer(help="Gather text: Wikipedia (API and XML dumps), Britannica, YouTube transcripts.", no_args_is_help=True)
 app.add_typer(scrape_app, name="scrape")
 
 
@@ -158,6 +158,60 @@ def scrape_wikipedia(
     r = _run(scrape_wikipedia_flow, **kwargs)
     typer.echo(f"wikipedia: {r['documents']} documents in {r['out']} ({r['fetched']} fetched now, "
                f"{r['cached']} queries cached, {len(r['failed_pages'])} pages failed, {len(r['failed_queries'])} queries failed)")
+
+
+@scrape_app.command("britannica")
+def scrape_britannica(
+    query: Optional[List[str]] = typer.Option(None, "--query", "-q", help="A search query (repeatable) [default: the built-in ~40 topics]."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="A file of queries, one a line."),
+    max_pages_per_query: int = typer.Option(10, "--max-pages-per-query", help="Search result pages to walk per query."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/britannica]."),
+    concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight at most."),
+    rate_limit: float = typer.Option(5.0, "--rate-limit", help="Requests per second at most."),
+) -> None:
+    """Collect Britannica articles found by search, politely (robots.txt honoured); re-running resumes."""
+    _prepare_env()
+    from model.errors import CookError
+    from flows.scrape_britannica import check_scrape_britannica_args, scrape_britannica_flow
+
+    kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
+                  max_pages_per_query=max_pages_per_query, out=str(out) if out else None,
+                  concurrency=concurrency, rate_limit=rate_limit)
+    try:
+        check_scrape_britannica_args(**kwargs)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    r = _run(scrape_britannica_flow, **kwargs)
+    typer.echo(f"britannica: {r.get('documents')} documents in {r.get('out')} ({r.get('fetched')} fetched now, "
+               f"{r.get('cached')} queries cached, {len(r.get('failed') or [])} failed, {len(r.get('warnings') or [])} warnings)")
+
+
+@scrape_app.command("youtube")
+def scrape_youtube(
+    channel: Optional[List[str]] = typer.Option(None, "--channel", help="A channel id (repeatable) [default: the sample list]."),
+    channels: Optional[Path] = typer.Option(None, "--channels", help="A file of channel ids, one a line."),
+    languages: str = typer.Option("en", "--languages", help="Preferred caption languages, comma-separated."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/youtube]."),
+    concurrency: int = typer.Option(4, "--concurrency", help="Transcript fetches in flight at most."),
+    quota: int = typer.Option(10000, "--quota", help="YouTube Data API units to spend at most in this run."),
+) -> None:
+    """Collect YouTube transcripts of channels' uploads; resumes exactly where it stopped."""
+    _prepare_env()
+    from model.errors import CookError
+    from flows.scrape_youtube import check_scrape_youtube_args, scrape_youtube_flow
+
+    kwargs = dict(channels=list(channel) if channel else None, channels_file=str(channels) if channels else None,
+                  languages=[l.strip() for l in languages.split(",") if l.strip()], out=str(out) if out else None,
+                  concurrency=concurrency, quota=quota)
+    try:
+        check_scrape_youtube_args(**kwargs)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    r = _run(scrape_youtube_flow, **kwargs)
+    typer.echo(f"youtube: {r['fetched']} transcripts fetched into {r['out']} ({r['new_videos']} new videos, "
+               f"{r['api_units']} API units of {r['quota']}; ledger: {r['videos']})")
+    if r.get("stopped"):
+        typer.echo(f"stopped early ({r['stopped']}): {r['message']} — run the same command to resume")
 
 
 @scrape_app.command("wiki-dump")

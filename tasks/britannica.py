@@ -1,0 +1,507 @@
+"""Encyclopaedia Britannica through its public web pages: search result pages -> article pages -> clean text.
+
+- `parse_search(html, base)`: article links of one search result page, with either of the result link
+  selectors the site has used (`RESULT_SELECTORS`); other kinds of hits (videos, quizzes, other hosts) skipped.
+- `extract_article(html)`: (title, text) from an article page with selectolax: paragraphs and headings of
+  the article body, one block per paragraph; navigation, ads, quiz boxes, feedback forms and boilerplate
+  sentences ("Our editors will review what you’ve submitted…") dropped.
+- `Crawler`: robots.txt honoured (fetched once per base URL and process, its Crawl-delay too; a disallowed URL,
+  redirect targets included, is skipped and counted; redirects are followed by hand so each hop is checked),
+  every request through `tasks.http.PoliteClient` (User-Agent, bounded concurrency, rate limit,
+  backoff honouring Retry-After), article paths deduplicated across queries and runs through a SQLite ledger
+  (`OUT/ledger.sqlite`; an old path that redirects is recorded as an alias of its target), documents written in atomic parquet parts. A page that answers 200 but no longer
+  matches the expected structure (no result links, no paragraphs) gives a warning naming the URL and the
+  selectors; nothing empty is ever written. A failed article is recorded and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import urllib.robotparser
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote_plus, unquote, urljoin, urlparse
+
+import httpx
+import pyarrow.parquet as pq
+from prefect import task
+from selectolax.lexbor import LexborHTMLParser
+
+from model.atomic import atomic_write_text, clean_stale_temps
+from model.errors import CookError
+from tasks.caching import OutputsCache, stable_hash
+from tasks.documents import write_documents
+from tasks.http import FetchError, PoliteClient
+from tasks.ledger import Ledger
+from tasks.progress import progress
+
+SOURCE = "britannica"
+LEDGER_NAME = "ledger.sqlite"
+log = logging.getLogger("cook.britannica")
+
+# The original's topics (web-graze's search list: its duplicate "biological viruses" dropped, casing and typos
+# fixed, e.g. "CRISPR CAS-9" -> "CRISPR-Cas9"), then two of its later ones to make 40.
+DEFAULT_QUERIES = [
+    "Antarctica", "Colonization", "World war", "Asia", "Africa", "Australia", "Holocaust", "Voyages of discovery",
+    "Biological viruses", "Martin Luther King Jr.", "Abraham Lincoln", "Quarks", "Quantum mechanics", "Drugs",
+    "Rockets", "Physics", "Mathematics", "Nuclear physics", "Nuclear fusion", "CRISPR-Cas9", "Virginia Woolf",
+    "Cocaine", "Marijuana", "Apollo missions", "Birds", "Blogs", "Journals", "Adolf Hitler",
+    "Presidents of the United States", "Gender and sex", "Journalism", "Mathematical theories",
+    "Matter and particles", "Discoveries", "Authors and writers", "Poets and novelists", "Literature",
+    "Awards and honors", "Climate change", "Renewable energy",
+]
+
+# Search result links: the original site's markup, then its later one. Both are tried on every page.
+RESULT_SELECTORS = ("a.font-weight-bold.font-18", "a.md-crosslink")
+# Where the article body lives (first match wins), and the blocks read from it.
+BODY_SELECTORS = ("div.topic-content", "article", "main", "body")
+BLOCKS = "p, h2, h3, h4, h5, h6"
+HEADINGS = ("h2", "h3", "h4", "h5", "h6")
+# Boxes around the article that are not its text.
+CLUTTER = ", ".join([
+    "script", "style", "noscript", "template", "iframe", "svg", "nav", "header", "footer", "aside", "form", "button",
+    "figure", "figcaption", "table", "[role=navigation]", "[role=complementary]", "[role=dialog]", "[aria-hidden=true]",
+    ".ad", "[class^=ad-]", "[class*=' ad-']", "[id^=ad-]", "[data-ad-slot]", "[data-ad]",
+    "[class*=quiz]", "[class*=marketing]", "[class*=feedback]", "[class*=newsletter]", "[class*=promo]",
+    "[class*=toc]", "[class*=breadcrumb]", "[class*=related]", "[class*=citation]", "[class*=share]",
+])
+# Boilerplate blocks, dropped by their opening words (compared case-insensitively).
+BOILERPLATE = (
+    "our editors will review", "britannica quiz", "britannica editors", "thank you for your feedback",
+    "encyclopaedia britannica's editors oversee", "join britannica's publishing partner program",
+    "unlock this article", "subscribe now", "related topics:", "see all related content", "external websites",
+    "print cite share feedback",
+)
+BOILERPLATE_EXACT = {"advertisement", "table of contents"}
+# Headings from which on the rest of the article is bibliography, not text (compared case-insensitively).
+STOP_SECTIONS = {"additional reading", "further reading", "references", "external websites", "citation information",
+                 "bibliography", "sources"}
+# First path segments that are not articles (search also lists videos, quizzes, galleries...).
+NOT_ARTICLES = {"video", "videos", "quiz", "quizzes", "gallery", "dictionary", "search", "browse", "games", "podcasts",
+                "newsletters", "subscribe", "login", "editor", "contributor", ""}
+NO_RESULTS = re.compile(r"\bno (search )?results|did not match any|\b0 results|no matches|nothing found", re.I)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _warn(message: str) -> None:
+    """Log a warning to the Prefect run when inside one, else to Python logging."""
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:
+        log.warning(message)
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+def article_path(href: str, base: str) -> str | None:
+    """A result link -> the article's path on the site (`/topic/DNA`), or None for other hosts and non-articles."""
+    u = urlparse(urljoin(base.rstrip("/") + "/", href))
+    if u.scheme not in ("http", "https") or u.netloc != urlparse(base).netloc:
+        return None
+    path = u.path.rstrip("/")
+    if unquote(path.lstrip("/").split("/", 1)[0]).lower() in NOT_ARTICLES or path.count("/") < 2:
+        return None
+    return path
+
+
+def parse_search(html: str, base: str) -> tuple[list[str], bool]:
+    """One search result page -> (article paths in order, unique; whether the page says there are no results)."""
+    tree = LexborHTMLParser(html)
+    paths: dict[str, None] = {}
+    for a in tree.css(", ".join(RESULT_SELECTORS)):  # both markups, in page order
+        p = article_path(a.attributes.get("href") or "", base)
+        if p:
+            paths[p] = None
+    body = tree.body
+    empty = not paths and body is not None and bool(NO_RESULTS.search(body.text(separator=" ")))
+    return list(paths), empty
+
+
+def extract_article(html: str) -> tuple[str, str]:
+    """An article page -> (title, text): paragraphs and headings of the body, blank line between blocks,
+    whitespace collapsed; clutter, boilerplate and the trailing Additional Reading / References sections dropped. Text is "" when the page has no paragraphs."""
+    tree = LexborHTMLParser(html)
+    h1 = tree.css_first("h1")
+    title = _clean(h1.text()) if h1 is not None else ""
+    if not title and tree.css_first("title") is not None:
+        title = _clean(tree.css_first("title").text()).split(" | ")[0]
+    root = next((n for n in (tree.css_first(s) for s in BODY_SELECTORS) if n is not None), None)
+    if root is None:
+        return title, ""
+    for node in root.css(CLUTTER):
+        node.decompose()
+    blocks: list[str] = []
+    paragraphs = 0
+    for node in root.css(BLOCKS):
+        anc, inside = node.parent, False
+        while anc is not None and anc.mem_id != root.mem_id:  # a block inside a block: its text is in the outer one
+            if anc.tag in ("p", *HEADINGS):
+                inside = True
+                break
+            anc = anc.parent
+        if inside:
+            continue
+        text = _clean(node.text(deep=True))
+        low = text.lower()
+        if node.tag in HEADINGS and low in STOP_SECTIONS:
+            break
+        if text and not low.startswith(BOILERPLATE) and low not in BOILERPLATE_EXACT and not (node.tag in HEADINGS and text == title):
+            blocks.append(text)
+            paragraphs += node.tag == "p"
+    return title, "\n\n".join(blocks) if paragraphs else ""
+
+
+# --- robots.txt and redirects ---------------------------------------------------------------------
+
+REDIRECTS = {301, 302, 303, 307, 308}
+MAX_HOPS = 5
+
+
+def follow(client: PoliteClient, url: str, allowed: Callable[[str], bool] | None = None) -> tuple[str, httpx.Response]:
+    """GET `url`, following redirects by hand (the crawler's client does not), each hop within the rate limits
+    and, with `allowed`, checked first (robots.txt). Returns (final URL, response)."""
+    for _ in range(MAX_HOPS + 1):
+        if allowed is not None and not allowed(url):
+            raise FetchError(f"robots.txt disallows {url}", code="disallowed")
+        r = client.get(url)
+        if r.status_code not in REDIRECTS:
+            return url, r
+        url = urljoin(url, r.headers.get("Location", ""))
+    raise FetchError(f"more than {MAX_HOPS} redirects from {url}")
+
+
+_robots: dict[str, urllib.robotparser.RobotFileParser] = {}
+_robots_lock = threading.Lock()
+
+
+def robots_for(client: PoliteClient, base: str) -> urllib.robotparser.RobotFileParser:
+    """BASE/robots.txt, fetched once per base URL and process, with urllib.robotparser's rules: 401/403
+    disallow everything, another 4xx allows everything. A robots.txt that cannot be fetched stops the crawl."""
+    with _robots_lock:
+        rp = _robots.get(base)
+        if rp is not None:
+            return rp
+        rp = urllib.robotparser.RobotFileParser(base.rstrip("/") + "/robots.txt")
+        try:
+            _, r = follow(client, rp.url)
+            rp.parse(r.text.splitlines())
+        except FetchError as e:
+            if e.code in ("401", "403"):
+                rp.disallow_all = True
+            elif e.code and e.code.startswith("4"):
+                rp.allow_all = True
+            else:
+                raise FetchError(f"robots.txt unreachable at {rp.url}: {e}") from None
+        _robots[base] = rp
+        return rp
+
+
+# --- the crawl -------------------------------------------------------------------------------------
+
+
+class Crawler:
+    """A crawl into one output folder: its ledger, its client, its parquet parts. Use as a context manager."""
+
+    def __init__(self, out: str | Path, *, base_url: str | None = None, concurrency: int = 4, rate_limit: float = 5.0,
+                 timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, batch_pages: int = 16,
+                 on_article: Callable[[bool], None] | None = None, on_todo: Callable[[int], None] | None = None):
+        from tasks.settings import get_settings
+
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(self.out)
+        self.base = (base_url or get_settings().britannica_url).rstrip("/")
+        self.client = PoliteClient(concurrency=concurrency, rate_limit=rate_limit, timeout=timeout, retries=retries,
+                                   backoff=backoff, headers={"Accept": "text/html,application/xhtml+xml"})
+        self.client.http.follow_redirects = False  # followed by hand: every hop checked against robots.txt and the ledger
+        self.ua = self.client.http.headers["User-Agent"]
+        self._claimed: set[str] = set()  # article paths done or being fetched (redirect targets included)
+        self._claim_lock = threading.Lock()
+        self.ledger = Ledger(self.out / LEDGER_NAME)
+        self.batch_pages = batch_pages
+        self.on_article, self.on_todo = on_article, on_todo  # progress: one article finished; how many a query fetches
+        # more workers than request slots: while some parse HTML, the client keeps `concurrency` requests in flight
+        self._pool = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="britannica")
+        self._buffer: list[tuple[dict | None, dict]] = []  # (document or None for a redirect, ledger item)
+        self.recovered = self._reconcile()
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.client.close()
+            self.ledger.close()
+
+    def __enter__(self) -> "Crawler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def doc_id(path: str) -> str:
+        return f"{SOURCE}:{path.lstrip('/')}"
+
+    def _reconcile(self) -> int:
+        """Articles staged before a crash: done if a part file holds them, else back to pending."""
+        if not self.ledger.counts(SOURCE)["staged"]:
+            return 0
+        written: dict[str, str] = {}
+        for part in sorted(self.out.glob("*.parquet")):
+            for doc_id in pq.read_table(part, columns=["id"]).column("id").to_pylist():
+                if doc_id.startswith(SOURCE + ":"):
+                    written["/" + doc_id[len(SOURCE) + 1:]] = part.name
+        return self.ledger.reconcile(SOURCE, written)
+
+    def _flush(self) -> None:
+        """Write the buffered articles: stage them in the ledger, write one atomic part, mark them done.
+        Aliases (paths that redirect to an article) carry no document: they are done with their batch."""
+        if not self._buffer:
+            return
+        docs = [d for d, _ in self._buffer if d is not None]
+        items = [it for _, it in self._buffer]
+        self.ledger.stage(SOURCE, items)
+        part = None
+        if docs:  # never an empty file
+            part = self.out / f"{SOURCE}-{uuid.uuid4().hex[:16]}.parquet"
+            write_documents(part, docs)
+        self.ledger.mark_done(SOURCE, [it["key"] for it in items], part.name if part else None)
+        self._buffer = []
+
+    def robots(self) -> urllib.robotparser.RobotFileParser:
+        """The site's robots.txt rules; a Crawl-delay for our agent slows the rate limit down to it."""
+        rp = robots_for(self.client, self.base)
+        delay = rp.crawl_delay(self.ua)
+        if delay:
+            self.client.limiter.interval = max(self.client.limiter.interval, float(delay))
+        return rp
+
+    def _claim(self, path: str) -> bool:
+        """Take `path` for fetching; False when it is done or taken already."""
+        with self._claim_lock:
+            if path in self._claimed:
+                return False
+            self._claimed.add(path)
+            return True
+
+    def _article(self, path: str, robots: urllib.robotparser.RobotFileParser) -> dict:
+        """Fetch one article, following redirects by hand: {path (final), title, text}, or {alias: target} when
+        it redirects to an article done or taken already, or {disallowed: target} when robots.txt rules it out."""
+        current = path
+        for _ in range(MAX_HOPS + 1):
+            r = self.client.get(self.base + current)
+            if r.status_code not in REDIRECTS:
+                title, text = extract_article(r.text)
+                return {"path": current, "title": title, "text": text}
+            location = r.headers.get("Location", "")
+            target = article_path(urljoin(self.base + current, location), self.base)
+            if target is None or target == current:  # elsewhere, or to itself on another scheme (a wrong base URL)
+                raise FetchError(f"{self.base + current} redirects to {location or 'nowhere'}, not an article of this site")
+            if not robots.can_fetch(self.ua, self.base + target):
+                return {"disallowed": target}
+            if not self._claim(target):
+                return {"alias": target}
+            current = target
+        raise FetchError(f"more than {MAX_HOPS} redirects from {self.base + path}")
+
+    def crawl(self, query: str, max_pages: int = 10) -> dict:
+        """One query: walk its search result pages (1..`max_pages`, stopping at the first page with no new
+        results) and fetch every article not done before (by any query, any run), articles starting while the
+        walk goes on. A path that redirects is recorded as an alias of where it leads, fetched at most once.
+        Returns {query, found, done, fetched, failed: [{path, error}], disallowed, warnings, parts}."""
+        robots = self.robots()
+        found: dict[str, None] = {}
+        warnings: list[str] = []
+        failed: list[dict] = []
+        disallowed = 0
+        with self._claim_lock:
+            self._claimed = self.ledger.keys(SOURCE, "done")
+        futures: dict[Future, str] = {}
+
+        def warn(msg: str) -> None:
+            warnings.append(msg)
+            _warn(msg)
+
+        for page in range(1, max_pages + 1):
+            url = f"{self.base}/search?query={quote_plus(query)}&page={page}"
+            try:
+                url, r = follow(self.client, url, lambda u: robots.can_fetch(self.ua, u))
+                paths, says_empty = parse_search(r.text, self.base)
+            except FetchError as e:
+                if e.code == "disallowed":
+                    disallowed += 1
+                    warn(f"britannica: {e}; query {query!r} skipped")
+                    break
+                warn(f"britannica: search page {url} failed: {e}")
+                failed.append({"path": url, "error": str(e)})
+                break
+            if not paths:
+                if not says_empty:
+                    warn(f"britannica: {url} answered 200 but no result link matched "
+                         f"{' or '.join(repr(s) for s in RESULT_SELECTORS)} (page structure changed?)")
+                break
+            new = [p for p in paths if p not in found]
+            if not new:  # past the last page some sites repeat it
+                break
+            for p in new:
+                found[p] = None
+                if not robots.can_fetch(self.ua, self.base + p):
+                    disallowed += 1
+                elif self._claim(p):  # not done by any query nor run, nor taken by this one
+                    futures[self._pool.submit(self._article, p, robots)] = p
+
+        if self.on_todo:
+            self.on_todo(len(futures))
+        fetched = 0
+        for fut in as_completed(futures):
+            path = futures[fut]
+            try:
+                got = fut.result()
+                if "disallowed" in got or "alias" in got:  # a redirect: done with where it leads, not fetched again
+                    self._buffer.append((None, {"key": path, "tag": query, "data": got}))
+                    disallowed += "disallowed" in got
+                    if self.on_article:
+                        self.on_article(True)
+                    continue
+                final, title, text = got["path"], got["title"], got["text"]
+                url = self.base + final
+                if not text:
+                    raise FetchError(f"{url} answered 200 but no paragraph matched "
+                                     f"{' nor '.join(repr(s + ' p') for s in BODY_SELECTORS)} (page structure changed?)", code="structure")
+            except Exception as e:  # one article never stops the crawl
+                error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if getattr(e, "code", None) == "structure":
+                    warn(f"britannica: {error}")
+                self.ledger.mark_failed(SOURCE, path, error, tag=query)
+                failed.append({"path": path, "error": error})
+                if self.on_article:
+                    self.on_article(False)
+                continue
+            doc = {"id": self.doc_id(final), "source": SOURCE, "url": url, "title": title or final.rsplit("/", 1)[-1],
+                   "text": text, "fetched_at": datetime.now(timezone.utc)}
+            self._buffer.append((doc, {"key": final, "title": doc["title"], "tag": query}))
+            if final != path:  # reached through a redirect: the old path is done with it
+                self._buffer.append((None, {"key": path, "tag": query, "data": {"alias": final}}))
+            fetched += 1
+            if self.on_article:
+                self.on_article(True)
+            if len(self._buffer) >= self.batch_pages:
+                self._flush()
+        self._flush()
+        rows = [self.ledger.get(SOURCE, p) for p in found]
+        done = [r for r in rows if r and r["status"] == "done"]
+        parts = {r["part"] for r in done if r["part"]}
+        for r in done:  # an alias's document lives in its target's part
+            target = self.ledger.get(SOURCE, r["data"]["alias"]) if not r["part"] and "alias" in (r["data"] or {}) else None
+            if target and target["part"]:
+                parts.add(target["part"])
+        return {"query": query, "found": len(found), "done": len(done), "fetched": fetched, "failed": failed,
+                "disallowed": disallowed, "warnings": warnings, "parts": sorted(parts)}
+
+
+# --- arguments and the Prefect task ----------------------------------------------------------------
+
+
+def default_out() -> Path:
+    from tasks.settings import get_settings
+
+    return get_settings().data_dir / "britannica"
+
+
+def read_queries_file(path: str | Path) -> list[str]:
+    """One query a line; blank lines and `#` comments skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise CookError(f"queries file not found: {p}")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CookError(f"queries file is not UTF-8 text: {p}") from None
+    queries = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    if not queries:
+        raise CookError(f"queries file has no queries: {p}")
+    return queries
+
+
+def check_scrape_britannica_args(queries: list[str] | None = None, queries_file: str | None = None,
+                                 max_pages_per_query: int = 10, out: str | None = None, concurrency: int = 4,
+                                 rate_limit: float = 5.0) -> list[str]:
+    """Validate before anything runs; return the queries to crawl (given ones, then the file's, de-duplicated;
+    the built-in list when neither is given)."""
+    from tasks.settings import get_settings
+
+    qs = [q.strip() for q in (queries or [])]
+    if any(not q for q in qs):
+        raise CookError("--query must not be empty")
+    if queries_file:
+        qs += read_queries_file(queries_file)
+    qs = list(dict.fromkeys(qs)) or list(DEFAULT_QUERIES)
+    if not 1 <= max_pages_per_query <= 1000:
+        raise CookError(f"--max-pages-per-query must be between 1 and 1000 (got {max_pages_per_query})")
+    if not 1 <= concurrency <= 32:
+        raise CookError(f"--concurrency must be between 1 and 32 (got {concurrency})")
+    if not rate_limit > 0:
+        raise CookError(f"--rate-limit must be above 0 requests/s (got {rate_limit})")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CookError(f"--out {out} is a file, not a folder")
+    base = urlparse(get_settings().britannica_url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise CookError(f"COOK_BRITANNICA_URL is not an http(s) URL: {get_settings().britannica_url}")
+    return qs
+
+
+def manifest_path(out: str | Path, query: str) -> Path:
+    """Where a query's finished crawl is recorded: its cache output, with the parts it lists."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", query).strip("-")[:40] or "query"
+    return Path(out) / "queries" / f"{slug}-{stable_hash(query)[:10]}.json"
+
+
+def _query_outputs(inputs: dict) -> list[Path]:
+    """The manifest, plus any part it lists that is gone: a hit only while the manifest and all its parts exist."""
+    m = manifest_path(inputs["out"], inputs["query"])
+    if not m.is_file():
+        return [m]
+    try:
+        parts = [Path(inputs["out"]) / p for p in json.loads(m.read_text())["parts"]]
+    except (ValueError, KeyError, TypeError):
+        return [m, m.with_suffix(".unreadable")]
+    return [m] + [p for p in parts if not p.exists()]
+
+
+def crawl_query(query: str, max_pages: int, out: str, base_url: str | None = None, concurrency: int = 4,
+                rate_limit: float = 5.0, **crawler_kw) -> dict:
+    """Crawl one query into `out` (see Crawler.crawl); a query with no failures nor warnings records its manifest."""
+    with progress(f"britannica: {query}") as bar:
+        with Crawler(out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit,
+                     on_article=lambda ok: bar.advance(1), on_todo=bar.set_total, **crawler_kw) as c:
+            summary = c.crawl(query, max_pages)
+    if not summary["failed"] and not summary["warnings"]:
+        atomic_write_text(manifest_path(out, query), json.dumps(
+            {k: summary[k] for k in ("query", "found", "done", "parts")}, indent=1))
+    return summary
+
+
+@task(
+    name="crawl-britannica-query",
+    cache_policy=OutputsCache(outputs=_query_outputs, version="1", exclude=("concurrency", "rate_limit")),
+    persist_result=True,
+    cache_result_in_memory=False,
+)
+def crawl_query_task(query: str, max_pages: int, out: str, base_url: str, concurrency: int = 4,
+                     rate_limit: float = 5.0) -> dict:
+    """Prefect wrapper of `crawl_query`; cached on (query, max_pages, out, base_url) while its manifest and
+    parts exist. A query with failures or warnings writes no manifest, so the next run retries it."""
+    return crawl_query(query, max_pages, out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit)

@@ -1,0 +1,581 @@
+"""YouTube transcripts of channels' uploads: the Data API v3 lists videos, youtube-transcript-api fetches captions.
+
+- Listing (`list_channels`): `channels.list` (part=contentDetails,snippet) once per channel for its uploads
+  playlist, then `playlistItems.list` (maxResults=50) page by page. Every page's videos go into the ledger
+  (`OUT/ledger.sqlite`, tasks.youtube_ledger) with the channel's next page token in one transaction, so a
+  resumed run lists nothing twice. Each call costs 1 quota unit; the run's `quota` budget, or the API's 403
+  quotaExceeded, stops the listing cleanly (what was found is still fetched).
+- The API key is sent in the `X-goog-api-key` header, never in a URL, and is redacted from any API error
+  text, so it reaches no log, artifact, ledger row or output.
+- Fetching (`fetch_batch`): up to `concurrency` threads, one `YouTubeTranscriptApi` per thread; preferred
+  languages, manual captions first, then generated ones. Transient failures are retried with backoff; the
+  permanent ones (disabled, no transcript, unavailable) are recorded and skipped by later runs. Repeated
+  RequestBlocked/IpBlocked backs off, then stops the run rather than burning the IP.
+- Output: one document per video (`youtube:<id>`, one caption segment per line, non-speech cues such as
+  [Music] dropped) in atomic parquet parts; videos are staged, the part written, then marked done, and
+  `reconcile` repairs a crash in between.
+
+Proxies and tuning come from the environment (`YouTubeOptions`, prefix COOK_YOUTUBE_).
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.atomic import clean_stale_temps
+from model.errors import CookError
+from tasks.documents import SCHEMA, now_utc, write_documents
+from tasks.http import RETRY_STATUS, FetchError, PoliteClient, retry_after
+from tasks.youtube_ledger import YouTubeLedger
+
+SOURCE = "youtube"
+LEDGER_NAME = "ledger.sqlite"
+SECRET_BLOCK = "youtube-api-key"
+YOUTUBE = "https://www.youtube.com"
+DOC_SCHEMA = pa.schema(list(SCHEMA) + [pa.field("channel", pa.string()), pa.field("language", pa.string()),
+                                       pa.field("is_generated", pa.bool_())])
+QUOTA_REASONS = {"quotaExceeded", "dailyLimitExceeded"}
+RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "backendError"}
+CHANNEL_ID = re.compile(r"UC[A-Za-z0-9_-]{22}")
+
+# Educational channels (the original's sample, de-duplicated, plus a few more): lectures, science, maths, history.
+DEFAULT_CHANNELS = [
+    "UCYO_jab_esuFRV4b17AJtAw",  # 3Blue1Brown
+    "UCHnyfMqiRRG1u-2MsSQLbXA",  # Veritasium
+    "UCsXVk37bltHxD1rDPwtNM8Q",  # Kurzgesagt
+    "UCX6b17PVsYBQ0ip5gyeme-Q",  # CrashCourse
+    "UC4a-Gbdw7vOaccHmFo40b9g",  # Khan Academy
+    "UCoxcjq-8xIDTYp3uz647V5A",  # Numberphile
+    "UC9-y-6csu5WGm29I7JiwpnA",  # Computerphile
+    "UCEBb1b_L6zDS3xTUrIALZOw",  # MIT OpenCourseWare
+    "UCsooa4yRKGN_zEE8iknghZA",  # TED-Ed
+    "UCAuUUnT6oDeKwE6v1NGQxug",  # TED
+    "UC6107grRI4m0o2-emgoDnAA",  # SmarterEveryDay
+    "UC6nSFpj9HTCZ5t-N3Rm3-HA",  # Vsauce
+    "UCUHW94eEFW7hkUMVaZz4eDg",  # minutephysics
+    "UCXUPKJO5MZQN11PqgIvyuvQ",  # Andrej Karpathy
+    "UCbfYPyITQ-7l4upoX8nvctg",  # Two Minute Papers
+    "UC7_gcs09iThXybpVgjHZ_7g",  # PBS Space Time
+    "UCZYTClx2T1of7BRZ86-8fow",  # SciShow
+    "UCvBqzzvUBLCs8Y7Axb-jZew",  # Sixty Symbols
+    "UCtESv1e7ntJaLJYKIO1FoYw",  # Periodic Videos
+    "UCSju5G2aFaWMqn-_0YBtq5A",  # Stand-up Maths
+    "UCtYLUTtgS3k1Fg4y5tAhLbw",  # StatQuest
+    "UCBa659QWEk1AI4Tg--mrJ2A",  # Tom Scott
+]
+
+# Non-speech cues: [Music], [Applause], (laughter), ♪ … ♪ and speaker arrows.
+_CUES = re.compile(r"\[[^\]]*\]|\((?:music|applause|laughter|laughs|inaudible|silence|cheering|sighs?)\)|[♪♫♬][^♪♫♬\n]*[♪♫♬]|[♪♫♬]+|^\s*>>+",
+                   re.IGNORECASE)
+
+
+class YouTubeOptions(BaseSettings):
+    """Proxies and tuning for the transcript fetcher, from the environment (COOK_YOUTUBE_...).
+
+    A Webshare username/password wins over generic proxy URLs. Backoffs are in seconds."""
+
+    model_config = SettingsConfigDict(env_prefix="COOK_YOUTUBE_", env_file=".env", extra="ignore")
+
+    proxy_http: str | None = None
+    proxy_https: str | None = None
+    webshare_username: str | None = None
+    webshare_password: SecretStr | None = None
+    timeout_s: float = 30.0
+    retries: int = 3  # in-run retries of a transient failure
+    retry_backoff_s: float = 2.0  # in-run backoff base; a later run waits backoff * 4**attempts (capped at a day)
+    blocked_backoff_s: float = 60.0  # after the n-th block in a row, wait backoff * 2**(n-1)
+    max_blocked: int = 4  # this many blocks in a row end the run
+    part_docs: int = 50  # documents per parquet part (a kill loses at most this many fetches)
+
+
+def default_out() -> Path:
+    from tasks.settings import get_settings
+
+    return get_settings().data_dir / "youtube"
+
+
+def resolve_api_key() -> str | None:
+    """The Data API key: COOK_YOUTUBE_API_KEY, else the Prefect Secret block `youtube-api-key`; None if neither."""
+    from tasks.settings import Settings
+
+    key = Settings().youtube_api_key  # fresh: the environment may change between runs in one process
+    if key is not None and key.get_secret_value().strip():
+        return key.get_secret_value().strip()
+    try:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(SECRET_BLOCK).get()
+    except Exception:
+        return None
+    return str(value).strip() or None if value else None
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+# --- the Data API ----------------------------------------------------------------------------------
+
+
+class QuotaExhausted(Exception):
+    """The run's quota budget is spent, or the API answered quotaExceeded."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"HTTP {status} {reason}: {message}")
+        self.status, self.reason = status, reason
+
+
+class DataAPI(PoliteClient):
+    """YouTube Data API v3 calls within a quota budget: `call(endpoint, params)` -> JSON.
+
+    Every request sent costs 1 unit (`units`); one that would pass `budget` raises QuotaExhausted instead.
+    5xx/429 and rate-limit reasons are retried with backoff; quotaExceeded raises QuotaExhausted; other
+    errors raise ApiError. The key travels in a header; error texts are redacted."""
+
+    def __init__(self, key: str, api_url: str | None = None, budget: int = 10_000, **kw: Any):
+        from tasks.settings import get_settings
+
+        kw.setdefault("rate_limit", 20.0)
+        super().__init__(headers={"X-goog-api-key": key, "Accept": "application/json"}, **kw)
+        self._key = key
+        self.api_url = (api_url or get_settings().youtube_api_url).rstrip("/")
+        self.budget, self.units = budget, 0
+
+    def _error(self, r: httpx.Response) -> tuple[str, str]:
+        try:
+            err = r.json()["error"]
+            reason = (err.get("errors") or [{}])[0].get("reason") or err.get("status") or ""
+            message = str(err.get("message") or "")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            reason, message = "", r.text[:200]
+        return reason, redact(" ".join(message.split())[:300], self._key)
+
+    def call(self, endpoint: str, params: dict) -> dict:
+        url = f"{self.api_url}/{endpoint}"
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if self.units + 1 > self.budget:
+                raise QuotaExhausted(f"the run's quota budget of {self.budget} units is spent")
+            wait = self._backoff(attempt)
+            with self._slots:
+                self.limiter.acquire()
+                self.units += 1
+                self.stats["requests"] += 1
+                try:
+                    r = self.http.get(url, params=params)
+                except httpx.TimeoutException as e:
+                    reason, r = f"timed out ({type(e).__name__})", None
+                except httpx.TransportError as e:
+                    reason, r = redact(f"{type(e).__name__}: {e}", self._key), None
+            if r is not None:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        reason = "invalid JSON body"
+                else:
+                    why, message = self._error(r)
+                    if why in QUOTA_REASONS:
+                        raise QuotaExhausted(f"the API's daily quota is exceeded ({why})")
+                    if r.status_code in RETRY_STATUS or why in RATE_REASONS:
+                        reason = f"HTTP {r.status_code} {why}".strip()
+                        after = retry_after(r.headers.get("Retry-After"))
+                        if after is not None:
+                            wait = self._hold(after)
+                    else:
+                        raise ApiError(r.status_code, why, message)
+            if attempt < self.retries:
+                self.stats["retries"] += 1
+                time.sleep(wait)
+        raise FetchError(f"{endpoint}: {reason} (after {self.retries + 1} tries)")
+
+
+def _video(item: dict) -> dict | None:
+    cd, sn = item.get("contentDetails") or {}, item.get("snippet") or {}
+    vid = cd.get("videoId") or (sn.get("resourceId") or {}).get("videoId")
+    if not vid:
+        return None
+    return {"video_id": vid, "title": sn.get("title"), "published_at": cd.get("videoPublishedAt") or sn.get("publishedAt")}
+
+
+def list_channel(api: DataAPI, ledger: YouTubeLedger, channel_id: str) -> dict:
+    """List one channel's uploads into the ledger, from where an earlier run stopped. Returns
+    {channel, state (listed | listed-before | no-uploads | not-found | failed), new}."""
+    ch = ledger.channel(channel_id)
+    if ch and ch["listed"]:
+        return {"channel": channel_id, "state": "listed-before", "new": 0}
+    if not ch or not ch["uploads"]:
+        data = api.call("channels", {"part": "contentDetails,snippet", "id": channel_id, "maxResults": "1"})
+        items = data.get("items") or []
+        if not items:
+            ledger.set_channel(channel_id, None, None, listed=True, error="channel not found")
+            return {"channel": channel_id, "state": "not-found", "new": 0}
+        uploads = ((items[0].get("contentDetails") or {}).get("relatedPlaylists") or {}).get("uploads")
+        ledger.set_channel(channel_id, (items[0].get("snippet") or {}).get("title"), uploads, listed=not uploads)
+        if not uploads:
+            return {"channel": channel_id, "state": "no-uploads", "new": 0}
+        ch = ledger.channel(channel_id)
+    assert ch is not None
+    token, new = ch["page_token"], 0
+    while True:
+        params = {"part": "snippet,contentDetails", "playlistId": ch["uploads"], "maxResults": "50"}
+        if token:
+            params["pageToken"] = token
+        try:
+            data = api.call("playlistItems", params)
+        except ApiError as e:
+            if e.status == 404:  # a channel that never uploaded has no uploads playlist
+                ledger.add_page(channel_id, [], None)
+                return {"channel": channel_id, "state": "no-uploads", "new": new}
+            raise
+        videos = [v for v in map(_video, data.get("items") or []) if v]
+        token = data.get("nextPageToken") or None
+        new += ledger.add_page(channel_id, videos, token)
+        if token is None:
+            return {"channel": channel_id, "state": "listed" if new or videos else "no-uploads", "new": new}
+
+
+def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api_url: str | None = None,
+                  key: str | None = None, **client_kw: Any) -> dict:
+    """List every channel's uploads into `OUT/ledger.sqlite` within `quota` units. A channel that fails is
+    reported and the others go on; the quota ends the listing cleanly. Returns
+    {units, stopped (None | "quota"), message, per_channel, new}."""
+    key = key or resolve_api_key()
+    if not key:
+        raise CookError(f"no YouTube API key: set COOK_YOUTUBE_API_KEY or a Prefect Secret block '{SECRET_BLOCK}'")
+    rows, stopped, message, total = [], None, "", None
+    api = DataAPI(key, api_url, budget=quota, **client_kw)
+    try:
+        with YouTubeLedger(Path(out) / LEDGER_NAME) as ledger:
+            try:
+                for cid in channels:
+                    try:
+                        rows.append(list_channel(api, ledger, cid))
+                    except (ApiError, FetchError) as e:
+                        rows.append({"channel": cid, "state": "failed", "new": 0, "error": redact(str(e), key)})
+            except QuotaExhausted as e:
+                stopped, message = "quota", f"listing stopped: {e}; a later run goes on from here"
+            finally:
+                total = ledger.add_units(api.units) if api.units else None
+    finally:
+        api.close()
+    return {"units": api.units, "units_all_runs": total, "stopped": stopped, "message": message, "per_channel": rows,
+            "new": sum(r["new"] for r in rows)}
+
+
+# --- transcripts -----------------------------------------------------------------------------------
+
+
+def clean_segments(texts: list[str]) -> str:
+    """Caption segments -> text: one segment per line, whitespace collapsed, non-speech cues dropped."""
+    lines = []
+    for t in texts:
+        t = " ".join(_CUES.sub(" ", html.unescape(t)).split())
+        if t:
+            lines.append(t)
+    return "\n".join(lines)
+
+
+def proxy_config(opts: YouTubeOptions):
+    """A youtube-transcript-api ProxyConfig from the options, or None."""
+    from youtube_transcript_api.proxies import GenericProxyConfig, WebshareProxyConfig
+
+    if opts.webshare_username and opts.webshare_password:
+        return WebshareProxyConfig(proxy_username=opts.webshare_username,
+                                   proxy_password=opts.webshare_password.get_secret_value())
+    if opts.proxy_http or opts.proxy_https:
+        return GenericProxyConfig(http_url=opts.proxy_http, https_url=opts.proxy_https)
+    return None
+
+
+def _adapter_class():
+    from requests.adapters import HTTPAdapter
+
+    class YouTubeAdapter(HTTPAdapter):
+        """Default timeout on every request; requests to https://www.youtube.com go to `base` (a mirror or a test server)."""
+
+        def __init__(self, base: str | None, timeout: float, **kw: Any):
+            self.base, self.timeout = base, timeout
+            super().__init__(**kw)
+
+        def send(self, request, timeout=None, **kw):  # type: ignore[override]
+            if self.base and request.url.startswith(YOUTUBE):
+                request.url = self.base + request.url[len(YOUTUBE):]
+            return super().send(request, timeout=timeout or self.timeout, **kw)
+
+    return YouTubeAdapter
+
+
+def make_transcript_api(opts: YouTubeOptions, youtube_url: str | None = None):
+    """One YouTubeTranscriptApi (not thread-safe: one per thread) on its own requests.Session."""
+    import requests
+    from urllib3 import Retry as UrlRetry
+    from youtube_transcript_api import YouTubeTranscriptApi
+
+    from tasks.settings import get_settings
+
+    base = (youtube_url or get_settings().youtube_url).rstrip("/")
+    base = None if base == YOUTUBE else base
+    session = requests.Session()
+    if base:
+        session.trust_env = False  # a mirror or test server: no proxy from the environment
+    proxies = proxy_config(opts)
+    api = YouTubeTranscriptApi(proxy_config=proxies, http_client=session)
+    retries = UrlRetry(total=proxies.retries_when_blocked, status_forcelist=[429]) if proxies and proxies.retries_when_blocked else 0
+    adapter = _adapter_class()(base, opts.timeout_s, max_retries=retries)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return api
+
+
+def fetch_transcript(api, video_id: str, languages: list[str]) -> tuple[str, str, bool]:
+    """(text, language code, is_generated) of a video's captions: manual ones in the first preferred language
+    that has them, else generated ones. Raises the library's errors."""
+    from youtube_transcript_api import NoTranscriptFound
+
+    tl = api.list(video_id)
+    try:
+        tr = tl.find_manually_created_transcript(languages)
+    except NoTranscriptFound:
+        tr = tl.find_generated_transcript(languages)
+    fetched = tr.fetch()
+    return clean_segments([s.text for s in fetched]), tr.language_code, tr.is_generated
+
+
+def classify(exc: BaseException) -> tuple[str, bool, str]:
+    """An exception from fetching -> (ledger state, retry now?, one-line reason)."""
+    import requests
+    import youtube_transcript_api as yta
+
+    name = type(exc).__name__
+    if isinstance(exc, yta.RequestBlocked):  # IpBlocked included
+        return "blocked", False, name
+    if isinstance(exc, yta.TranscriptsDisabled):
+        return "disabled", False, name
+    if isinstance(exc, yta.NoTranscriptFound):
+        return "no_transcript", False, name
+    if isinstance(exc, (yta.VideoUnavailable, yta.InvalidVideoId, yta.AgeRestricted, yta.VideoUnplayable)):
+        return "unavailable", False, name
+    if isinstance(exc, yta.YouTubeRequestFailed):
+        return "error", True, f"{name}: {getattr(exc, 'reason', '')}"[:300]
+    if isinstance(exc, (requests.RequestException, yta.YouTubeDataUnparsable, yta.FailedToCreateConsentCookie)):
+        return "error", True, f"{name}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    if isinstance(exc, yta.CouldNotRetrieveTranscript):  # PoTokenRequired and future kinds: a later run retries
+        return "error", False, name
+    return "error", True, f"{name}: {exc}"[:300]
+
+
+def _proxy_secrets(opts: YouTubeOptions) -> list[str]:
+    """Proxy passwords, to redact from error texts."""
+    from urllib.parse import urlparse
+
+    found = [opts.webshare_password.get_secret_value()] if opts.webshare_password else []
+    found += [urlparse(u).password for u in (opts.proxy_http, opts.proxy_https) if u and urlparse(u).password]
+    return [s for s in found if s]
+
+
+class BlockGuard:
+    """Counts RequestBlocked in a row across threads: backs off after each, and past `limit` stops the run."""
+
+    def __init__(self, limit: int, backoff: float, streak: int = 0):
+        self.limit, self.backoff, self.streak = limit, backoff, streak
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        if streak >= limit:
+            self.stop.set()
+
+    def ok(self) -> None:
+        with self._lock:
+            self.streak = 0
+
+    def blocked(self) -> None:
+        with self._lock:
+            self.streak += 1
+            n = self.streak
+        if n >= self.limit:
+            self.stop.set()
+        else:
+            self.stop.wait(self.backoff * 2 ** (n - 1))
+
+
+def reconcile(out: str | Path) -> dict:
+    """Repair a crash: temp files removed; staged videos found in their part become done, the others pending."""
+    out = Path(out)
+    clean_stale_temps(out)
+    with YouTubeLedger(out / LEDGER_NAME) as ledger:
+        written: dict[str, str] = {}
+        for name in ledger.staged_parts():
+            if (out / name).is_file():
+                for doc_id in pq.read_table(out / name, columns=["id"]).column("id").to_pylist():
+                    written[doc_id.split(":", 1)[1]] = name
+        recovered, reset = ledger.reconcile(written)
+    return {"recovered": recovered, "reset": reset}
+
+
+def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], concurrency: int = 4,
+                blocked_streak: int = 0, opts: YouTubeOptions | None = None, youtube_url: str | None = None,
+                on_video: Callable[[], None] | None = None) -> dict:
+    """Fetch these videos' transcripts with `concurrency` threads into parquet parts under `out`, recording each
+    outcome in the ledger. Returns {fetched, failed: {state: n}, skipped, blocked_streak, stopped}."""
+    opts = opts or YouTubeOptions()
+    out = Path(out)
+    guard = BlockGuard(opts.max_blocked, opts.blocked_backoff_s, blocked_streak)
+    local = threading.local()
+    proxy_secrets = _proxy_secrets(opts)
+    failed: dict[str, int] = {}
+    fetched = skipped = 0
+    with YouTubeLedger(out / LEDGER_NAME) as ledger:
+        rows = {v: ledger.video(v) for v in video_ids}
+        buffer: list[dict] = []
+
+        def flush() -> None:
+            nonlocal buffer, fetched
+            if not buffer:
+                return
+            part = f"{SOURCE}-{uuid.uuid4().hex[:16]}.parquet"
+            ids = [d["id"].split(":", 1)[1] for d in buffer]
+            ledger.stage(ids, part, {i: (d["language"], d["is_generated"]) for i, d in zip(ids, buffer)})
+            write_documents(out / part, buffer, DOC_SCHEMA)
+            ledger.mark_done(ids)
+            fetched += len(buffer)
+            buffer = []
+
+        def one(vid: str) -> dict:
+            if guard.stop.is_set():
+                return {"video_id": vid, "state": "skipped"}
+            if not hasattr(local, "api"):
+                local.api = make_transcript_api(opts, youtube_url)
+            for attempt in range(opts.retries + 1):
+                try:
+                    text, lang, gen = fetch_transcript(local.api, vid, languages)
+                except Exception as e:  # noqa: BLE001 - every failure is classified and recorded
+                    state, again, reason = classify(e)
+                    if again and attempt < opts.retries and not guard.stop.is_set():
+                        time.sleep(opts.retry_backoff_s * 2**attempt * (0.5 + random.random()))
+                        continue
+                    if state == "blocked":
+                        guard.blocked()
+                    for secret in proxy_secrets:
+                        reason = redact(reason, secret)
+                    return {"video_id": vid, "state": state, "error": reason, "attempts": attempt + 1}
+                guard.ok()
+                if not text:
+                    return {"video_id": vid, "state": "no_transcript", "error": "only non-speech cues"}
+                return {"video_id": vid, "state": "done", "text": text, "language": lang, "is_generated": gen}
+            raise AssertionError("unreachable")
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="youtube") as pool:
+            try:
+                for r in pool.map(one, [v for v in video_ids if rows.get(v)]):
+                    vid, row = r["video_id"], rows[r["video_id"]]
+                    if r["state"] == "done":
+                        buffer.append({"id": f"{SOURCE}:{vid}", "source": SOURCE, "url": f"{YOUTUBE}/watch?v={vid}",
+                                       "title": row["title"] or "", "text": r["text"], "fetched_at": now_utc(),
+                                       "channel": row["channel_id"], "language": r["language"], "is_generated": r["is_generated"]})
+                        if len(buffer) >= opts.part_docs:
+                            flush()
+                    elif r["state"] == "skipped":
+                        skipped += 1
+                    else:
+                        retry_in = 0.0 if r["state"] == "blocked" else min(86_400.0, opts.retry_backoff_s * 4 ** (row["attempts"] + 1))
+                        ledger.mark_failed(vid, r["state"], r["error"], retry_in)
+                        failed[r["state"]] = failed.get(r["state"], 0) + 1
+                    if on_video is not None and r["state"] != "skipped":
+                        on_video()
+            except BaseException:
+                guard.stop.set()  # interrupted: the videos not started yet return at once
+                raise
+            finally:
+                flush()
+    stopped = "blocked" if guard.stop.is_set() else None
+    return {"fetched": fetched, "failed": failed, "skipped": skipped, "blocked_streak": guard.streak, "stopped": stopped}
+
+
+# --- arguments and Prefect tasks -------------------------------------------------------------------
+
+
+def read_channels_file(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise CookError(f"channels file not found: {p}")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CookError(f"channels file is not UTF-8 text: {p}") from None
+    ids = [s.split("#", 1)[0].strip() for s in lines]
+    ids = [s for s in ids if s]
+    if not ids:
+        raise CookError(f"channels file has no channel ids: {p}")
+    return ids
+
+
+def check_scrape_youtube_args(channels: list[str] | None = None, channels_file: str | None = None,
+                              languages: list[str] | None = None, out: str | None = None, concurrency: int = 4,
+                              quota: int = 10_000, batch_size: int = 200) -> tuple[list[str], list[str]]:
+    """Validate before anything runs; return (channel ids, languages): the given channels then the file's,
+    de-duplicated, or the built-in list."""
+    from urllib.parse import urlparse
+
+    from tasks.settings import get_settings
+
+    ids = [c.strip() for c in (channels or [])]
+    if channels_file:
+        ids += read_channels_file(channels_file)
+    for c in ids:
+        if not CHANNEL_ID.fullmatch(c):
+            raise CookError(f"not a YouTube channel id (UC + 22 characters): {c!r}")
+    ids = list(dict.fromkeys(ids)) or list(DEFAULT_CHANNELS)
+    langs = [lang.strip() for lang in (languages or ["en"]) if lang.strip()]
+    if not langs or any(not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", lang) for lang in langs):
+        raise CookError(f"--languages must be language codes such as en,de (got {','.join(languages or []) or 'nothing'})")
+    if not 1 <= concurrency <= 32:
+        raise CookError(f"--concurrency must be between 1 and 32 (got {concurrency})")
+    if quota < 1:
+        raise CookError(f"--quota must be at least 1 unit (got {quota})")
+    if batch_size < 1:
+        raise CookError(f"batch size must be at least 1 (got {batch_size})")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CookError(f"--out {out} is a file, not a folder")
+    for name, url in (("COOK_YOUTUBE_API_URL", get_settings().youtube_api_url), ("COOK_YOUTUBE_URL", get_settings().youtube_url)):
+        u = urlparse(url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise CookError(f"{name} is not an http(s) URL: {url}")
+    if not resolve_api_key():
+        raise CookError(f"no YouTube API key: set COOK_YOUTUBE_API_KEY or a Prefect Secret block '{SECRET_BLOCK}'")
+    return ids, langs
+
+
+@task(name="list-youtube-channels", retries=0)
+def list_channels_task(channels: list[str], out: str, quota: int, api_url: str) -> dict:
+    """Prefect wrapper of `list_channels` (the key is resolved inside: it is never a task parameter)."""
+    return list_channels(channels, out, quota, api_url)
+
+
+# Progress bars of running flows, by output folder: batch tasks run in the flow's process and advance it.
+RUN_BARS: dict[str, Any] = {}
+
+
+@task(name="fetch-youtube-batch", retries=0)
+def fetch_batch_task(video_ids: list[str], out: str, languages: list[str], concurrency: int = 4,
+                     blocked_streak: int = 0) -> dict:
+    """Prefect wrapper of `fetch_batch`: one batch of videos, the overall progress bar moved per video."""
+    bar = RUN_BARS.get(out)
+    return fetch_batch(video_ids, out, languages, concurrency, blocked_streak,
+                       on_video=(lambda: bar.advance(1)) if bar is not None else None)

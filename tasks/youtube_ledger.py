@@ -1,0 +1,197 @@
+"""The YouTube crawl ledger: one SQLite file (WAL) with a row per channel and a row per discovered video.
+
+- `channels`: the uploads playlist, the next page token and whether the listing is complete, so a resumed
+  run (or one stopped at the quota) lists nothing twice and goes on from the page where it stopped.
+- `videos`: keyed by `video_id`, with its channel, title, state, attempts, the last error, the part file
+  holding its document, and `next_try_at` (retryable failures wait out a backoff).
+- `meta`: small counters (Data API units spent, all runs together).
+
+States: `pending` (to fetch), `staged` (being written to a part: after a crash, `reconcile` makes it done if
+its part holds it, else pending), `done`, the permanent failures `disabled`, `no_transcript`,
+`unavailable`, and the retryable `blocked` and `error`. A video is written here the moment its listing page
+arrives, in the same transaction as the channel's next page token.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+STATES = ("pending", "staged", "done", "disabled", "no_transcript", "unavailable", "blocked", "error")
+PERMANENT = ("disabled", "no_transcript", "unavailable")
+RETRYABLE = ("blocked", "error")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS channels (
+    channel_id TEXT PRIMARY KEY,
+    title TEXT,
+    uploads TEXT,
+    page_token TEXT,
+    listed INTEGER NOT NULL DEFAULT 0,
+    videos INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS videos (
+    video_id TEXT PRIMARY KEY,
+    channel_id TEXT NOT NULL,
+    title TEXT,
+    published_at TEXT,
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    part TEXT,
+    language TEXT,
+    is_generated INTEGER,
+    next_try_at REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS videos_state ON videos (state, next_try_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_VIDEO_COLS = "video_id, channel_id, title, published_at, state, attempts, error, part, language, is_generated, next_try_at, created_at, updated_at"
+_CHANNEL_COLS = "channel_id, title, uploads, page_token, listed, videos, error, updated_at"
+
+
+class YouTubeLedger:
+    """One ledger file; safe to share between threads (one connection behind a lock)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "YouTubeLedger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tx(self, statements: Iterable[tuple[str, list[tuple]]]) -> None:
+        """Run (sql, rows) pairs in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- channels ----------------------------------------------------------------------------------
+
+    def channel(self, channel_id: str) -> dict | None:
+        rows = self._query(f"SELECT {_CHANNEL_COLS} FROM channels WHERE channel_id = ?", (channel_id,))
+        return dict(zip(_CHANNEL_COLS.split(", "), rows[0])) if rows else None
+
+    def channels(self) -> list[dict]:
+        return [dict(zip(_CHANNEL_COLS.split(", "), r)) for r in self._query(f"SELECT {_CHANNEL_COLS} FROM channels ORDER BY channel_id")]
+
+    def set_channel(self, channel_id: str, title: str | None, uploads: str | None, listed: bool = False,
+                    error: str | None = None) -> None:
+        """Record a channel's uploads playlist (from channels.list); `listed` when there is nothing to list."""
+        self._tx([("INSERT INTO channels (channel_id, title, uploads, listed, error, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT (channel_id) DO UPDATE SET title = excluded.title, uploads = excluded.uploads, "
+                   "listed = excluded.listed, error = excluded.error, updated_at = excluded.updated_at",
+                   [(channel_id, title, uploads, int(listed), error, time.time())])])
+
+    def add_page(self, channel_id: str, videos: list[dict], next_token: str | None) -> int:
+        """One listing page, in one transaction: its videos (new ones pending; known ones untouched) and the
+        channel's next page token (the listing is complete when there is none). Returns how many were new."""
+        now = time.time()
+        with self._lock:
+            before = self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
+        self._tx([
+            ("INSERT INTO videos (video_id, channel_id, title, published_at, state, created_at, updated_at) "
+             "VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (video_id) DO NOTHING",
+             [(v["video_id"], channel_id, v.get("title"), v.get("published_at"), now, now) for v in videos]),
+            ("UPDATE channels SET page_token = ?, listed = ?, videos = videos + ?, updated_at = ? WHERE channel_id = ?",
+             [(next_token, int(next_token is None), len(videos), now, channel_id)]),
+        ])
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0] - before
+
+    # --- videos ------------------------------------------------------------------------------------
+
+    def video(self, video_id: str) -> dict | None:
+        rows = self._query(f"SELECT {_VIDEO_COLS} FROM videos WHERE video_id = ?", (video_id,))
+        return dict(zip(_VIDEO_COLS.split(", "), rows[0])) if rows else None
+
+    def videos(self, state: str | None = None) -> list[dict]:
+        sql, args = f"SELECT {_VIDEO_COLS} FROM videos", ()
+        if state is not None:
+            sql, args = sql + " WHERE state = ?", (state,)
+        return [dict(zip(_VIDEO_COLS.split(", "), r)) for r in self._query(sql + " ORDER BY created_at, video_id", args)]
+
+    def due(self, now: float | None = None) -> list[dict]:
+        """Videos to fetch now: pending ones, and retryable failures whose backoff has passed (oldest first)."""
+        now = time.time() if now is None else now
+        rows = self._query(f"SELECT {_VIDEO_COLS} FROM videos WHERE state = 'pending' OR (state IN ('blocked', 'error') "
+                           "AND next_try_at <= ?) ORDER BY created_at, video_id", (now,))
+        return [dict(zip(_VIDEO_COLS.split(", "), r)) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._query("SELECT state, COUNT(*) FROM videos GROUP BY state"))
+        return {s: found.get(s, 0) for s in STATES}
+
+    def stage(self, video_ids: list[str], part: str, meta: dict[str, tuple[str, bool]]) -> None:
+        """Before writing `part`: these videos go in it (with their caption language and whether generated)."""
+        now = time.time()
+        self._tx([("UPDATE videos SET state = 'staged', part = ?, language = ?, is_generated = ?, attempts = attempts + 1, "
+                   "error = NULL, updated_at = ? WHERE video_id = ? AND state != 'done'",
+                   [(part, *meta[v], now, v) for v in video_ids])])
+
+    def mark_done(self, video_ids: list[str]) -> None:
+        """After `part` is durably written."""
+        now = time.time()
+        self._tx([("UPDATE videos SET state = 'done', updated_at = ? WHERE video_id = ? AND state = 'staged'",
+                   [(now, v) for v in video_ids])])
+
+    def mark_failed(self, video_id: str, state: str, error: str, retry_in: float = 0.0) -> None:
+        """One failed attempt: a permanent state, or a retryable one tried again after `retry_in` seconds."""
+        assert state in PERMANENT + RETRYABLE, state
+        now = time.time()
+        self._tx([("UPDATE videos SET state = ?, error = ?, attempts = attempts + 1, next_try_at = ?, updated_at = ? "
+                   "WHERE video_id = ? AND state != 'done'", [(state, error[:500], now + retry_in, now, video_id)])])
+
+    def reconcile(self, written: dict[str, str]) -> tuple[int, int]:
+        """After a crash: staged videos found in their part (`written`: video_id -> part) become done, the others
+        pending. Returns (recovered, reset)."""
+        staged = self._query("SELECT video_id, part FROM videos WHERE state = 'staged'")
+        ok = [v for v, part in staged if written.get(v) == part]
+        back = [v for v, part in staged if written.get(v) != part]
+        now = time.time()
+        self._tx([("UPDATE videos SET state = 'done', updated_at = ? WHERE video_id = ?", [(now, v) for v in ok]),
+                  ("UPDATE videos SET state = 'pending', part = NULL, attempts = MAX(attempts - 1, 0), updated_at = ? "
+                   "WHERE video_id = ?", [(now, v) for v in back])])
+        return len(ok), len(back)
+
+    def staged_parts(self) -> set[str]:
+        return {p for (p,) in self._query("SELECT DISTINCT part FROM videos WHERE state = 'staged' AND part IS NOT NULL")}
+
+    # --- meta --------------------------------------------------------------------------------------
+
+    def add_units(self, n: int) -> int:
+        """Count Data API units spent (all runs); returns the total."""
+        self._tx([("INSERT INTO meta (key, value) VALUES ('api_units', ?) ON CONFLICT (key) DO UPDATE SET "
+                   "value = CAST(CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)", [(str(n),)])])
+        return int(self._query("SELECT value FROM meta WHERE key = 'api_units'")[0][0])

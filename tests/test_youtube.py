@@ -1,0 +1,277 @@
+"""`cook scrape youtube` against a loopback fake YouTube (Data API, watch page, innertube player, timedtext):
+every fetchable video once, failures recorded by kind, SIGKILL then resume without refetching or relisting,
+a clean stop at the quota, the API key in no log/artifact/ledger/output, and a clean stop when blocked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fake_youtube import CUES, FakeWorld, FakeYouTube, channel_id
+from model.errors import CookError
+from tasks.documents import REQUIRED
+from tasks.youtube import (DEFAULT_CHANNELS, LEDGER_NAME, SECRET_BLOCK, check_scrape_youtube_args, clean_segments, reconcile,
+                           resolve_api_key)
+from tasks.youtube_ledger import YouTubeLedger
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"COOK_YOUTUBE_RETRY_BACKOFF_S": "0.01", "COOK_YOUTUBE_BLOCKED_BACKOFF_S": "0.02"}
+STATE_OF = {"ok": "done", "generated": "done", "flaky": "done", "disabled": "disabled", "missing": "no_transcript",
+            "music": "no_transcript", "unavailable": "unavailable", "age": "unavailable", "blocked": "blocked"}
+
+
+def docs_in(out: Path) -> list[dict]:
+    return [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def vid_of(doc: dict) -> str:
+    return doc["id"].split(":", 1)[1]
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    """Point the settings at a fake (in this process) and clear the settings cache around the test."""
+    from tasks.settings import get_settings
+
+    def use(fake: FakeYouTube, **extra: str) -> None:
+        for k, v in {"COOK_YOUTUBE_API_URL": fake.api_url, "COOK_YOUTUBE_URL": fake.url, "COOK_YOUTUBE_API_KEY": fake.key,
+                     **FAST, **extra}.items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+
+    yield use
+    get_settings.cache_clear()
+
+
+def cli(args: list) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "scrape", "youtube", *map(str, args)]
+
+
+def channel_args(world: FakeWorld) -> list[str]:
+    return [a for c in world.channels for a in ("--channel", c)]
+
+
+# --- small pieces ----------------------------------------------------------------------------------
+
+
+def test_clean_segments_and_args(tmp_path, monkeypatch):
+    assert clean_segments(["[Music]", "hello  there\nfriend", "[Applause] thanks &amp; bye", "♪ la la ♪", ">> next", "(laughter)"]) \
+        == "hello there friend\nthanks & bye\nnext"
+    monkeypatch.setenv("COOK_YOUTUBE_API_KEY", "k")
+    assert len(DEFAULT_CHANNELS) == len(set(DEFAULT_CHANNELS)) >= 20
+    assert check_scrape_youtube_args() == (DEFAULT_CHANNELS, ["en"])
+    f = tmp_path / "c.txt"
+    f.write_text(f"# mine\n{channel_id(1)}  # a comment\n\n{channel_id(2)}\n{channel_id(1)}\n")
+    assert check_scrape_youtube_args([channel_id(3)], str(f), ["en", "de"]) == ([channel_id(3), channel_id(1), channel_id(2)], ["en", "de"])
+    (tmp_path / "afile").write_text("x")
+    bad = [dict(channels=["nope"]), dict(channels_file=str(tmp_path / "missing.txt")), dict(languages=["e n"]),
+           dict(concurrency=0), dict(quota=0), dict(out=str(tmp_path / "afile")), dict(batch_size=0)]
+    for kw in bad:
+        with pytest.raises(CookError) as e:
+            check_scrape_youtube_args(**kw)
+        assert "\n" not in str(e.value)
+    monkeypatch.setenv("COOK_YOUTUBE_API_KEY", "")
+    with pytest.raises(CookError, match="no YouTube API key: set COOK_YOUTUBE_API_KEY or a Prefect Secret block 'youtube-api-key'"):
+        check_scrape_youtube_args()
+    from prefect.blocks.system import Secret
+
+    Secret(value="from-the-block").save(SECRET_BLOCK, overwrite=True)
+    try:
+        assert resolve_api_key() == "from-the-block"
+    finally:
+        Secret.delete(SECRET_BLOCK)
+    assert resolve_api_key() is None
+
+
+# --- 1. a full run ---------------------------------------------------------------------------------
+
+
+def test_full_run_states_texts_and_rerun(tmp_path, fake_env):
+    from flows.scrape_youtube import scrape_youtube_flow
+
+    world = FakeWorld(n_channels=3, videos_per_channel=20)
+    out = tmp_path / "yt"
+    with FakeYouTube(world, flaky_api=True) as fk:
+        fake_env(fk)
+        s = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=4, batch_size=25)
+        assert s["stopped"] is None and s["fetched"] == len(world.fetchable()) and s["api_units"] == fk.units
+        docs = docs_in(out)
+        assert sorted(vid_of(d) for d in docs) == sorted(world.fetchable()), "every fetchable video exactly once"
+        assert all(fk.timedtext_counts[v] == 1 for v in world.fetchable()) and set(fk.timedtext_counts) == world.fetchable() | world.of_kind("music")
+        assert fk.key_in_url == 0 and fk.bad_max_results == 0
+        for d in docs:
+            v = world.videos[vid_of(d)]
+            assert d["text"] == v.expected_text() and not any(c in d["text"] for c in (*CUES, "[", "♪"))
+            assert (d["source"], d["url"], d["title"], d["channel"]) == ("youtube", f"https://www.youtube.com/watch?v={v.video_id}", v.title, v.channel)
+            assert (d["language"], d["is_generated"]) == ("en", v.kind == "generated")
+        assert list(pq.read_schema(next(out.glob("*.parquet"))).names[: len(REQUIRED)]) == list(REQUIRED)
+        with YouTubeLedger(out / LEDGER_NAME) as ledger:
+            states = {v["video_id"]: v["state"] for v in ledger.videos()}
+            assert states == {v: STATE_OF[x.kind] for v, x in world.videos.items()}
+            assert all(c["listed"] for c in ledger.channels()) and len(ledger.channels()) == 4
+            assert ledger.channel(channel_id(3))["videos"] == 0  # the channel with no uploads ended cleanly
+
+        # a re-run lists nothing and fetches nothing again; only the retryable (blocked) videos are tried again
+        calls = (dict(fk.channel_calls), dict(fk.page_calls), dict(fk.timedtext_counts))
+        s2 = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=4)
+        assert (dict(fk.channel_calls), dict(fk.page_calls), dict(fk.timedtext_counts)) == calls
+        assert s2["api_units"] == 0 and s2["fetched"] == 0 and s2["due"] == len(world.of_kind("blocked"))
+
+    # a crash between writing a part and marking its videos done: reconcile marks them done from the part
+    with YouTubeLedger(out / LEDGER_NAME) as ledger:
+        some = [v["video_id"] for v in ledger.videos("done")[:3]]
+        ledger._tx([("UPDATE videos SET state = 'staged' WHERE video_id = ?", [(v,) for v in some]),
+                    ("UPDATE videos SET state = 'staged', part = 'gone.parquet' WHERE video_id = ?", [(next(iter(world.of_kind("disabled"))),)])])
+    assert reconcile(out) == {"recovered": 3, "reset": 1}
+    with YouTubeLedger(out / LEDGER_NAME) as ledger:
+        assert all(ledger.video(v)["state"] == "done" for v in some) and ledger.counts()["staged"] == 0
+
+
+# --- 2. SIGKILL and resume through the command line ------------------------------------------------
+
+
+@pytest.mark.timeout(200)
+def test_sigkill_then_rerun_fetches_nothing_twice(cook_env, tmp_path):
+    world = FakeWorld(n_channels=2, videos_per_channel=60, kinds=("ok", "generated", "ok", "disabled", "ok", "flaky"))
+    out = tmp_path / "yt"
+    with FakeYouTube(world, caption_latency=0.03) as fk:
+        env = {**cook_env, **FAST, "COOK_YOUTUBE_API_URL": fk.api_url, "COOK_YOUTUBE_URL": fk.url,
+               "COOK_YOUTUBE_API_KEY": fk.key, "COOK_YOUTUBE_PART_DOCS": "6"}
+        args = [*channel_args(world), "--out", out, "--concurrency", 2]
+        proc = subprocess.Popen(cli(args), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.exists() and len(list(out.glob("*.parquet"))) >= 2:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "finished before the kill: " + proc.stderr.read().decode()[-2000:]
+        durable = {vid_of(d) for d in docs_in(out)}
+        assert 0 < len(durable) < len(world.fetchable())
+        listed = (dict(fk.channel_calls), dict(fk.page_calls))
+
+        again = subprocess.run(cli(args), env=env, cwd=REPO, capture_output=True, text=True, timeout=150)
+        assert again.returncode == 0, again.stderr[-3000:]
+        ids = [vid_of(d) for d in docs_in(out)]
+        assert len(ids) == len(set(ids)) and set(ids) == world.fetchable(), "a video lost or written twice"
+        assert all(fk.timedtext_counts[v] == 1 for v in durable), "a video written before the kill was fetched again"
+        assert sum(n - 1 for n in fk.timedtext_counts.values()) <= 6 + 4, "only fetches not yet written may repeat"
+        assert (dict(fk.channel_calls), dict(fk.page_calls)) == listed, "a channel was listed again"
+        with YouTubeLedger(out / LEDGER_NAME) as ledger:
+            assert ledger.counts()["done"] == len(world.fetchable()) and ledger.counts()["staged"] == 0
+
+
+# --- 3. the quota ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(200)
+def test_quota_stops_cleanly_and_rerun_continues(cook, cook_env, tmp_path):
+    world = FakeWorld(n_channels=2, videos_per_channel=10, big=100, kinds=("ok", "disabled", "generated"))
+    out = tmp_path / "yt"
+    with FakeYouTube(world) as fk:
+        env = {**cook_env, **FAST, "COOK_YOUTUBE_API_URL": fk.api_url, "COOK_YOUTUBE_URL": fk.url, "COOK_YOUTUBE_API_KEY": fk.key}
+        args = ["scrape", "youtube", *channel_args(world), "--out", out, "--quota", 3]
+        r = cook(args, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "quota" in r.stdout and "3 units" in r.stdout
+        assert fk.units == 3 and sum(fk.page_calls.values()) == 2  # channels.list + two pages of the big channel
+        with YouTubeLedger(out / LEDGER_NAME) as ledger:
+            c0 = ledger.channel(channel_id(0))
+            assert not c0["listed"] and c0["page_token"] == "tok100" and len(ledger.videos()) == 100
+            assert ledger.counts()["done"] == len(world.fetchable() & {v["video_id"] for v in ledger.videos()})
+
+        r2 = cook(args[:-2], env=env)
+        assert r2.returncode == 0, r2.stderr[-3000:]
+        assert all(n == 1 for n in fk.page_calls.values()) and all(n == 1 for n in fk.channel_calls.values())
+        ids = [vid_of(d) for d in docs_in(out)]
+        assert len(ids) == len(set(ids)) and set(ids) == world.fetchable()
+        assert all(fk.timedtext_counts[v] == 1 for v in world.fetchable())
+
+
+# --- 4. the API key is never written anywhere ------------------------------------------------------
+
+
+@pytest.mark.timeout(200)
+def test_api_key_appears_in_no_log_artifact_ledger_or_output(cook, cook_env, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    world = FakeWorld(n_channels=3, videos_per_channel=8)
+    hostile = channel_id(90)  # answers 400 with the key inside its error message
+    out = tmp_path / "yt"
+    with FakeYouTube(world, flaky_api=True, echo_key_channels={hostile}, quota_limit=6) as fk:
+        key = fk.key
+        env = {**cook_env, **FAST, "COOK_YOUTUBE_API_URL": fk.api_url, "COOK_YOUTUBE_URL": fk.url, "COOK_YOUTUBE_API_KEY": key,
+               "PREFECT_LOGGING_LEVEL": "DEBUG", "PREFECT_LOGGING_EXTRA_LOGGERS": "httpx,httpcore,urllib3,requests"}
+        r = cook(["--debug", "scrape", "youtube", "--channel", hostile, *channel_args(world), "--out", out], env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "quota" in r.stdout  # the API's 403 quotaExceeded stopped the listing cleanly
+        assert fk.key_in_url == 0
+
+    texts = [r.stdout, r.stderr]
+    time.sleep(1.0)  # the run's last log batch
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            logs = client.read_logs(limit=200, offset=offset)
+            texts += [f"{log.name} {log.message}" for log in logs]
+            offset += len(logs)
+            if len(logs) < 200:
+                break
+        runs = client.read_flow_runs(limit=200)
+        texts += [repr(f.parameters) + str(f.state and f.state.message) for f in runs]
+        texts += [repr(t.state and t.state.message) + repr(t.task_inputs) for t in client.read_task_runs(limit=200)]
+        arts = client.read_artifacts(limit=200)
+        texts += [repr(a.data) + str(a.description) for a in arts]
+    assert any(a.type == "progress" for a in arts), "no progress artifact"
+    assert any("scrape-youtube-summary" == a.key for a in arts) and "***" in "".join(repr(a.data) for a in arts)
+    assert any("scrape youtube:" in t for t in texts), "the run's logs were not collected"
+    db = sqlite3.connect(out / LEDGER_NAME)
+    texts += ["\n".join(db.iterdump())]
+    db.close()
+    for p in out.rglob("*"):
+        if p.is_file():
+            texts.append(p.read_bytes().decode("latin-1"))
+            if p.suffix == ".parquet":
+                texts.append(repr(pq.read_table(p).to_pylist()))
+    assert len(texts) > 10
+    leaks = [t[:200] for t in texts if key in t]
+    assert not leaks, leaks
+
+
+# --- 5. blocked ------------------------------------------------------------------------------------
+
+
+def test_repeated_blocks_end_the_run_cleanly(tmp_path, fake_env):
+    from flows.scrape_youtube import scrape_youtube_flow
+
+    world = FakeWorld(n_channels=2, videos_per_channel=30, kinds=("ok",))
+    out = tmp_path / "yt"
+    with FakeYouTube(world, block_all=True) as fk:
+        fake_env(fk, COOK_YOUTUBE_MAX_BLOCKED="3")
+        s = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=2, batch_size=20)
+        assert s["stopped"] == "blocked" and "blocking" in s["message"] and s["fetched"] == 0
+        assert not fk.timedtext_counts and not list(out.glob("*.parquet"))
+        with YouTubeLedger(out / LEDGER_NAME) as ledger:
+            c = ledger.counts()
+            assert 3 <= c["blocked"] <= 3 + 2 and c["pending"] == 60 - c["blocked"]  # the rest left for a later run
+        # once YouTube answers again, the next run fetches everything
+        fk.block_all = False
+        s2 = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=2, batch_size=20)
+        assert s2["stopped"] is None and s2["fetched"] == 60 and sorted(map(vid_of, docs_in(out))) == sorted(world.videos)
