@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_wikipedia.py
 	$(BIN)/python benchmarks/bench_wikidump.py
+	$(BIN)/python benchmarks/bench_youtube.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
