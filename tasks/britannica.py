@@ -35,7 +35,8 @@ from selectolax.lexbor import LexborHTMLParser
 
 from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
-from tasks.caching import OutputsCache, stable_hash
+from tasks.caching import OutputsCache
+from tasks.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
 from tasks.documents import write_documents
 from tasks.http import FetchError, PoliteClient
 from tasks.ledger import Ledger
@@ -421,21 +422,6 @@ def default_out() -> Path:
     return get_settings().data_dir / "britannica"
 
 
-def read_queries_file(path: str | Path) -> list[str]:
-    """One query a line; blank lines and `#` comments skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise CookError(f"queries file not found: {p}")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise CookError(f"queries file is not UTF-8 text: {p}") from None
-    queries = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
-    if not queries:
-        raise CookError(f"queries file has no queries: {p}")
-    return queries
-
-
 def check_scrape_britannica_args(queries: list[str] | None = None, queries_file: str | None = None,
                                  max_pages_per_query: int = 10, out: str | None = None, concurrency: int = 4,
                                  rate_limit: float = 5.0) -> list[str]:
@@ -443,42 +429,11 @@ def check_scrape_britannica_args(queries: list[str] | None = None, queries_file:
     the built-in list when neither is given)."""
     from tasks.settings import get_settings
 
-    qs = [q.strip() for q in (queries or [])]
-    if any(not q for q in qs):
-        raise CookError("--query must not be empty")
-    if queries_file:
-        qs += read_queries_file(queries_file)
-    qs = list(dict.fromkeys(qs)) or list(DEFAULT_QUERIES)
+    qs = gather_queries(queries, queries_file, DEFAULT_QUERIES)
     if not 1 <= max_pages_per_query <= 1000:
         raise CookError(f"--max-pages-per-query must be between 1 and 1000 (got {max_pages_per_query})")
-    if not 1 <= concurrency <= 32:
-        raise CookError(f"--concurrency must be between 1 and 32 (got {concurrency})")
-    if not rate_limit > 0:
-        raise CookError(f"--rate-limit must be above 0 requests/s (got {rate_limit})")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise CookError(f"--out {out} is a file, not a folder")
-    base = urlparse(get_settings().britannica_url)
-    if base.scheme not in ("http", "https") or not base.netloc:
-        raise CookError(f"COOK_BRITANNICA_URL is not an http(s) URL: {get_settings().britannica_url}")
+    check_crawl_args(concurrency, rate_limit, out, ("COOK_BRITANNICA_URL", get_settings().britannica_url))
     return qs
-
-
-def manifest_path(out: str | Path, query: str) -> Path:
-    """Where a query's finished crawl is recorded: its cache output, with the parts it lists."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", query).strip("-")[:40] or "query"
-    return Path(out) / "queries" / f"{slug}-{stable_hash(query)[:10]}.json"
-
-
-def _query_outputs(inputs: dict) -> list[Path]:
-    """The manifest, plus any part it lists that is gone: a hit only while the manifest and all its parts exist."""
-    m = manifest_path(inputs["out"], inputs["query"])
-    if not m.is_file():
-        return [m]
-    try:
-        parts = [Path(inputs["out"]) / p for p in json.loads(m.read_text())["parts"]]
-    except (ValueError, KeyError, TypeError):
-        return [m, m.with_suffix(".unreadable")]
-    return [m] + [p for p in parts if not p.exists()]
 
 
 def crawl_query(query: str, max_pages: int, out: str, base_url: str | None = None, concurrency: int = 4,
@@ -496,7 +451,7 @@ def crawl_query(query: str, max_pages: int, out: str, base_url: str | None = Non
 
 @task(
     name="crawl-britannica-query",
-    cache_policy=OutputsCache(outputs=_query_outputs, version="1", exclude=("concurrency", "rate_limit")),
+    cache_policy=OutputsCache(outputs=query_outputs, version="1", exclude=("concurrency", "rate_limit")),
     persist_result=True,
     cache_result_in_memory=False,
 )
