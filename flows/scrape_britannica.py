@@ -91,25 +91,3 @@ def _publish(summary: dict) -> None:
         create_markdown_artifact(key="scrape-britannica-summary", markdown="\n".join(md), description="cook scrape britannica summary")
     except Exception:  # the artifact is a nicety: never fail the run over it
         pass
-
-
-if __name__ == "__main__":  # a stand-in runner until `cook scrape britannica` is wired: python -m flows.scrape_britannica ...
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="python -m flows.scrape_britannica")
-    ap.add_argument("--query", action="append")
-    ap.add_argument("--queries")
-    ap.add_argument("--max-pages-per-query", type=int, default=10)
-    ap.add_argument("--out")
-    ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--rate-limit", type=float, default=5.0)
-    a = ap.parse_args()
-    kwargs = dict(queries=a.query, queries_file=a.queries, max_pages_per_query=a.max_pages_per_query, out=a.out,
-                  concurrency=a.concurrency, rate_limit=a.rate_limit)
-    try:
-        check_scrape_britannica_args(**kwargs)
-        s = scrape_britannica_flow(**kwargs)
-    except CookError as e:
-        raise SystemExit(f"error: {e}")
-    print(json.dumps({k: s[k] for k in ("documents", "fetched", "cached")} | {"failed": len(s["failed"]), "warnings": len(s["warnings"])}))

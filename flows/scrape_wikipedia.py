@@ -90,25 +90,3 @@ def _publish(summary: dict, rows: list[dict]) -> None:
         create_markdown_artifact(key="scrape-wikipedia-summary", markdown="\n".join(md), description="cook scrape wikipedia summary")
     except Exception:  # the artifact is a nicety: never fail the run over it
         pass
-
-
-if __name__ == "__main__":  # a stand-in runner until `cook scrape wikipedia` is wired: python -m flows.scrape_wikipedia ...
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="python -m flows.scrape_wikipedia")
-    ap.add_argument("--query", action="append")
-    ap.add_argument("--queries")
-    ap.add_argument("--no-extra-urls", dest="extra_urls", action="store_false")
-    ap.add_argument("--max-pages", type=int, default=500)
-    ap.add_argument("--depth", type=int, default=1)
-    ap.add_argument("--out")
-    ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--rate-limit", type=float, default=10.0)
-    a = ap.parse_args()
-    try:
-        s = scrape_wikipedia_flow(queries=a.query, queries_file=a.queries, extra_urls=a.extra_urls, max_pages=a.max_pages,
-                                  depth=a.depth, out=a.out, concurrency=a.concurrency, rate_limit=a.rate_limit)
-    except CookError as e:
-        raise SystemExit(f"error: {e}")
-    print(json.dumps({k: s[k] for k in ("documents", "fetched", "cached")}))

@@ -95,26 +95,3 @@ def _publish(summary: dict, per_channel: list[dict]) -> None:
         create_markdown_artifact(key="scrape-youtube-summary", markdown="\n".join(md), description="cook scrape youtube summary")
     except Exception:  # a nicety: never fail the run over it
         pass
-
-
-if __name__ == "__main__":  # python -m flows.scrape_youtube ... (the same options as `cook scrape youtube`)
-    import argparse
-    import json
-
-    from model.errors import CookError
-
-    ap = argparse.ArgumentParser(prog="python -m flows.scrape_youtube")
-    ap.add_argument("--channel", action="append")
-    ap.add_argument("--channels")
-    ap.add_argument("--languages", default="en")
-    ap.add_argument("--out")
-    ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--quota", type=int, default=10000)
-    ap.add_argument("--batch-size", type=int, default=200)
-    a = ap.parse_args()
-    try:
-        s = scrape_youtube_flow(channels=a.channel, channels_file=a.channels, languages=a.languages.split(","), out=a.out,
-                                concurrency=a.concurrency, quota=a.quota, batch_size=a.batch_size)
-    except CookError as e:
-        raise SystemExit(f"error: {e}")
-    print(json.dumps(s))

@@ -46,8 +46,11 @@ CREATE INDEX IF NOT EXISTS items_tag ON items (source, tag, status);
 """
 
 
-class Ledger:
-    """One SQLite ledger file; safe to share between threads (one connection behind a lock)."""
+class SqliteFile:
+    """A durable SQLite file (WAL, full sync: a commit survives power loss, not only a killed process) with
+    `schema` applied; safe to share between threads (one connection behind a lock)."""
+
+    schema = ""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -55,18 +58,24 @@ class Ledger:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a killed process
-        self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(self.schema)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Ledger(SqliteFile):
+    """The crawl ledger: one row per item of a source (a page, an article), with its status."""
+
+    schema = _SCHEMA
 
     def _write(self, sql: str, rows: Iterable[tuple]) -> None:
         with self._lock:

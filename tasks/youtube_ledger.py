@@ -14,12 +14,10 @@ arrives, in the same transaction as the channel's next page token.
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 import time
-from pathlib import Path
 from typing import Iterable
+
+from tasks.ledger import SqliteFile
 
 STATES = ("pending", "staged", "done", "disabled", "no_transcript", "unavailable", "blocked", "error")
 PERMANENT = ("disabled", "no_transcript", "unavailable")
@@ -59,27 +57,10 @@ _VIDEO_COLS = "video_id, channel_id, title, published_at, state, attempts, error
 _CHANNEL_COLS = "channel_id, title, uploads, page_token, listed, videos, error, updated_at"
 
 
-class YouTubeLedger:
-    """One ledger file; safe to share between threads (one connection behind a lock)."""
+class YouTubeLedger(SqliteFile):
+    """The YouTube ledger: one row per video (keyed by video_id) and per channel (listing progress)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> "YouTubeLedger":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    schema = _SCHEMA
 
     def _tx(self, statements: Iterable[tuple[str, list[tuple]]]) -> None:
         """Run (sql, rows) pairs in one transaction."""

@@ -202,9 +202,7 @@ def test_robots_txt_semantics(tmp_path):
 
 
 def _argv(args: list) -> tuple[list[str], bool]:
-    wired = "scrape_britannica" in (REPO / "flows" / "cli.py").read_text()
-    head = ["-m", "flows.cli", "scrape", "britannica"] if wired else ["-m", "flows.scrape_britannica"]
-    return [sys.executable, *head, *map(str, args)], wired
+    return [sys.executable, "-m", "flows.cli", "scrape", "britannica", *map(str, args)], True
 
 
 def test_flow_caches_queries_and_cli_runs(tmp_path, monkeypatch, cook, cook_env):

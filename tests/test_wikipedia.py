@@ -190,9 +190,7 @@ def test_staged_pages_are_recovered_from_parts_without_refetching(tmp_path):
 
 
 def _argv(args: list) -> list[str]:
-    wired = "scrape_wikipedia" in (REPO / "flows" / "cli.py").read_text()
-    head = ["-m", "flows.cli", "scrape", "wikipedia"] if wired else ["-m", "flows.scrape_wikipedia"]
-    return [sys.executable, *head, *map(str, args)]
+    return [sys.executable, "-m", "flows.cli", "scrape", "wikipedia", *map(str, args)]
 
 
 @pytest.mark.timeout(400)
