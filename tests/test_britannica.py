@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,28 +16,11 @@ from tasks.britannica import (DEFAULT_QUERIES, LEDGER_NAME, RESULT_SELECTORS, SO
                               extract_article, parse_search)
 from tasks.documents import REQUIRED
 from tasks.ledger import Ledger
+from scraped import docs_in, token_f1
 
 pytestmark = pytest.mark.timeout(120)
 
 QUERIES = ["Alpha", "Beta", "Gamma", "Changed"]
-
-
-def f1(got: str, want: str) -> float:
-    a, b = Counter(got.split()), Counter(want.split())
-    overlap = sum((a & b).values())
-    if not overlap:
-        return 0.0
-    p, r = overlap / sum(a.values()), overlap / sum(b.values())
-    return 2 * p * r / (p + r)
-
-
-def docs_in(out: Path) -> list[dict]:
-    rows = []
-    for part in sorted(out.glob("*.parquet")):
-        t = pq.read_table(part)
-        assert t.num_rows > 0, f"empty output file {part.name}"
-        rows += t.to_pylist()
-    return rows
 
 
 def slug_of(doc_id: str) -> str:
@@ -63,7 +45,7 @@ def test_extraction_f1_and_no_clutter():
             assert text == ""
             continue
         assert title == a.title
-        assert f1(text, site.body_text(slug)) >= 0.97, slug
+        assert token_f1(text, site.body_text(slug)) >= 0.97, slug
         assert MARK not in text and not any(b in text for b in BOILERPLATE), slug
         assert "History" in text.split("\n\n") and text.startswith(a.title)
     assert extract_article("") == ("", "")
@@ -127,7 +109,7 @@ def test_crawl_with_faults_every_article_once_then_resume(tmp_path, caplog):
         for d in docs:
             a = site.articles[slug_of(d["id"])]
             assert d["source"] == SOURCE and d["url"] == f"{b.url}/topic/{a.slug}" and d["title"] == a.title
-            assert f1(d["text"], site.body_text(a.slug)) >= 0.97 and MARK not in d["text"]
+            assert token_f1(d["text"], site.body_text(a.slug)) >= 0.97 and MARK not in d["text"]
         assert list(pq.read_schema(next(out.glob("*.parquet"))).names[: len(REQUIRED)]) == list(REQUIRED)
 
         # structure changes: warnings name the URL and the selectors; nothing empty is written

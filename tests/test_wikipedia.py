@@ -21,27 +21,12 @@ from model.errors import CookError
 from tasks.documents import REQUIRED
 from tasks.ledger import Ledger
 from tasks.wikipedia import DEFAULT_QUERIES, LEDGER_NAME, Crawler, check_scrape_wikipedia_args, extract_text, fetch_pages
+from scraped import docs_in, token_f1
 
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[1]
 CLUTTER = (MARK, "[1]", "[2]", "[a]", "edit]", "displaystyle", "NewPP", "^ ")
-
-
-def f1(got: str, want: str) -> float:
-    a, b = Counter(got.split()), Counter(want.split())
-    overlap = sum((a & b).values())
-    if not overlap:
-        return 0.0
-    p, r = overlap / sum(a.values()), overlap / sum(b.values())
-    return 2 * p * r / (p + r)
-
-
-def docs_in(out: Path) -> list[dict]:
-    rows = []
-    for part in sorted(out.glob("*.parquet")):
-        rows += pq.read_table(part).to_pylist()
-    return rows
 
 
 def pid_of(doc_id: str) -> int:
@@ -55,7 +40,7 @@ def test_extraction_f1_and_no_clutter():
     wiki = FakeWiki(n_pages=24, seed=3)
     for pid, page in wiki.pages.items():
         text = extract_text(page.html)
-        score = f1(text, wiki.body_text(pid))
+        score = token_f1(text, wiki.body_text(pid))
         assert score >= 0.97, (page.title, score)
         for c in CLUTTER:
             assert c not in text, (page.title, c)
@@ -126,7 +111,7 @@ def test_crawl_with_faults_collects_every_page_once(tmp_path):
             page = wiki.pages[pid_of(d["id"])]
             assert d["title"] == page.title and d["revid"] == page.revid
             assert d["url"] == api.url.rsplit("/w/", 1)[0] + "/wiki/" + quote(page.title.replace(" ", "_"), safe="(),")
-            assert f1(d["text"], wiki.body_text(page.pageid)) >= 0.97
+            assert token_f1(d["text"], wiki.body_text(page.pageid)) >= 0.97
             assert not any(c in d["text"] for c in CLUTTER)
         assert list(pq.read_schema(next(out.glob("*.parquet"))).names[: len(REQUIRED)]) == list(REQUIRED)
         with Ledger(out / LEDGER_NAME) as ledger:

@@ -21,6 +21,7 @@ from tasks.documents import REQUIRED
 from tasks.youtube import (DEFAULT_CHANNELS, LEDGER_NAME, SECRET_BLOCK, check_scrape_youtube_args, clean_segments, reconcile,
                            resolve_api_key)
 from tasks.youtube_ledger import YouTubeLedger
+from scraped import docs_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,10 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = {"COOK_YOUTUBE_RETRY_BACKOFF_S": "0.01", "COOK_YOUTUBE_BLOCKED_BACKOFF_S": "0.02"}
 STATE_OF = {"ok": "done", "generated": "done", "flaky": "done", "disabled": "disabled", "missing": "no_transcript",
             "music": "no_transcript", "unavailable": "unavailable", "age": "unavailable", "blocked": "blocked"}
-
-
-def docs_in(out: Path) -> list[dict]:
-    return [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
 
 
 def vid_of(doc: dict) -> str:
