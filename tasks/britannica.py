@@ -21,7 +21,6 @@ import logging
 import re
 import threading
 import urllib.robotparser
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,6 @@ from typing import Callable
 from urllib.parse import quote_plus, unquote, urljoin, urlparse
 
 import httpx
-import pyarrow.parquet as pq
 from prefect import task
 from selectolax.lexbor import LexborHTMLParser
 
@@ -37,7 +35,6 @@ from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
 from tasks.caching import OutputsCache
 from tasks.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
-from tasks.documents import write_documents
 from tasks.http import FetchError, PoliteClient
 from tasks.ledger import Ledger
 from tasks.progress import progress
@@ -258,29 +255,15 @@ class Crawler:
 
     def _reconcile(self) -> int:
         """Articles staged before a crash: done if a part file holds them, else back to pending."""
-        if not self.ledger.counts(SOURCE)["staged"]:
-            return 0
-        written: dict[str, str] = {}
-        for part in sorted(self.out.glob("*.parquet")):
-            for doc_id in pq.read_table(part, columns=["id"]).column("id").to_pylist():
-                if doc_id.startswith(SOURCE + ":"):
-                    written["/" + doc_id[len(SOURCE) + 1:]] = part.name
-        return self.ledger.reconcile(SOURCE, written)
+        head = SOURCE + ":"
+        return self.ledger.recover(SOURCE, self.out, lambda i: "/" + i[len(head):] if i.startswith(head) else None)
 
     def _flush(self) -> None:
-        """Write the buffered articles: stage them in the ledger, write one atomic part, mark them done.
-        Aliases (paths that redirect to an article) carry no document: they are done with their batch."""
-        if not self._buffer:
-            return
-        docs = [d for d, _ in self._buffer if d is not None]
-        items = [it for _, it in self._buffer]
-        self.ledger.stage(SOURCE, items)
-        part = None
-        if docs:  # never an empty file
-            part = self.out / f"{SOURCE}-{uuid.uuid4().hex[:16]}.parquet"
-            write_documents(part, docs)
-        self.ledger.mark_done(SOURCE, [it["key"] for it in items], part.name if part else None)
-        self._buffer = []
+        """Write the buffered articles: one atomic part, recorded in the ledger crash-safely. Aliases (paths
+        that redirect to an article) carry no document: they are done with their batch."""
+        if self._buffer:
+            self.ledger.write_batch(SOURCE, self.out, SOURCE, self._buffer)
+            self._buffer = []
 
     def robots(self) -> urllib.robotparser.RobotFileParser:
         """The site's robots.txt rules; a Crawl-delay for our agent slows the rate limit down to it."""

@@ -22,8 +22,9 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 STATUSES = ("pending", "staged", "done", "failed")
 
@@ -114,6 +115,37 @@ class Ledger(SqliteFile):
             "title = COALESCE(excluded.title, title), tag = COALESCE(tag, excluded.tag), updated_at = excluded.updated_at WHERE status != 'done'",
             [(source, str(key), title, tag, error[:500], time.time())],
         )
+
+    def write_batch(self, source: str, out: str | os.PathLike, prefix: str, batch: list[tuple[dict | None, dict]],
+                    schema=None) -> Path | None:
+        """Record a batch of (document or None, item) crash-safely: stage the items, write the documents as one
+        atomic part `OUT/<prefix>-<random>.parquet` (never an empty one), then mark the items done with it."""
+        from tasks.documents import SCHEMA, write_documents
+
+        items = [it for _, it in batch]
+        docs = [d for d, _ in batch if d is not None]
+        self.stage(source, items)
+        part = None
+        if docs:
+            part = Path(out) / f"{prefix}-{uuid.uuid4().hex[:16]}.parquet"
+            write_documents(part, docs, schema or SCHEMA)
+        self.mark_done(source, [it["key"] for it in items], part.name if part else None)
+        return part
+
+    def recover(self, source: str, out: str | os.PathLike, key_of: Callable[[str], str | None]) -> int:
+        """After a crash: staged items whose documents a part in `out` holds (`key_of(doc id)`) become done, the
+        rest go back to pending. Returns how many were recovered as done."""
+        if not self.counts(source)["staged"]:
+            return 0
+        import pyarrow.parquet as pq
+
+        written: dict[str, str] = {}
+        for part in sorted(Path(out).glob("*.parquet")):
+            for doc_id in pq.read_table(part, columns=["id"]).column("id").to_pylist():
+                key = key_of(doc_id)
+                if key is not None:
+                    written[key] = part.name
+        return self.reconcile(source, written)
 
     def reconcile(self, source: str, written: dict[str, str]) -> int:
         """After a crash: items found in output files (`key -> part`) become done; other staged items go back to

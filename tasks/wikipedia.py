@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,6 @@ from urllib.parse import quote, urlparse
 
 import httpx
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 from selectolax.lexbor import LexborHTMLParser
 
@@ -36,7 +34,7 @@ from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
 from tasks.caching import OutputsCache
 from tasks.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
-from tasks.documents import SCHEMA, write_documents
+from tasks.documents import SCHEMA
 from tasks.http import FetchError, PoliteClient, Retry, retry_after
 from tasks.ledger import Ledger
 from tasks.progress import progress
@@ -286,28 +284,16 @@ class Crawler:
 
     def _reconcile(self) -> int:
         """Pages staged before a crash: done if a part file holds them, else back to pending."""
-        if not self.ledger.counts(self.source)["staged"]:
-            return 0
         prefix = f"{SOURCE}:{self.lang}:"
-        written: dict[str, str] = {}
-        for part in sorted(self.out.glob("*.parquet")):
-            for doc_id in pq.read_table(part, columns=["id"]).column("id").to_pylist():
-                if doc_id.startswith(prefix):
-                    written[doc_id[len(prefix):]] = part.name
-        return self.ledger.reconcile(self.source, written)
+        return self.ledger.recover(self.source, self.out, lambda i: i[len(prefix):] if i.startswith(prefix) else None)
 
     # --- fetching ----------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Write the buffered pages: stage them in the ledger, write one atomic part, mark them done."""
-        if not self._buffer:
-            return
-        docs, items = zip(*self._buffer)
-        self.ledger.stage(self.source, items)
-        part = self.out / f"{SOURCE}-{self.lang}-{uuid.uuid4().hex[:16]}.parquet"
-        write_documents(part, docs, DOC_SCHEMA)
-        self.ledger.mark_done(self.source, [it["key"] for it in items], part.name)
-        self._buffer = []
+        """Write the buffered pages: one atomic part, recorded in the ledger crash-safely."""
+        if self._buffer:
+            self.ledger.write_batch(self.source, self.out, f"{SOURCE}-{self.lang}", self._buffer, DOC_SCHEMA)
+            self._buffer = []
 
     def _one(self, pageid: int, title: str) -> dict:
         page = fetch_page(self.client, pageid=pageid)
