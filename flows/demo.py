@@ -12,11 +12,12 @@ from flows.tokenize import tokenize_flow
 from flows.train import train_flow
 from tasks.pydoc_corpus import build_pydoc_corpus_task
 from tasks.settings import get_settings
+from tasks.caching import FLOW_RESULTS
 
 PROMPT = "The with statement"
 
 
-@flow(name="demo", log_prints=False)
+@flow(name="demo", log_prints=False, **FLOW_RESULTS)
 def demo_flow(iters_per_chunk: int = 800, chunks: int = 2) -> dict:
     """Run every stage under DATA_DIR/demo and return what a person wants to see: sample, losses, paths."""
     root = get_settings().data_dir.resolve() / "demo"

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.merge import MAX_CHARS, MIN_CHARS, check_merge_args, merge_task, parse_size
+from tasks.caching import FLOW_RESULTS
 
 
 def _mb(n: int) -> str:
@@ -35,7 +36,7 @@ def summary_markdown(stats: dict) -> str:
     return "\n".join(md)
 
 
-@flow(name="merge")
+@flow(name="merge", **FLOW_RESULTS)
 def merge_flow(
     inputs: list[str],
     out: str,

@@ -19,11 +19,12 @@ from prefect.artifacts import create_markdown_artifact
 from model.errors import CookError
 from tasks.britannica import DEFAULT_QUERIES, SOURCE, check_scrape_britannica_args, crawl_query_task, default_out
 from tasks.settings import get_settings
+from tasks.caching import FLOW_RESULTS
 
 __all__ = ["DEFAULT_QUERIES", "check_scrape_britannica_args", "scrape_britannica_flow"]
 
 
-@flow(name="scrape-britannica")
+@flow(name="scrape-britannica", **FLOW_RESULTS)
 def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str | None = None, max_pages_per_query: int = 10,
                            out: str | None = None, concurrency: int = 4, rate_limit: float = 5.0) -> dict:
     """Crawl Britannica for `queries` (or the built-in topics) into document parquet parts under `out`.

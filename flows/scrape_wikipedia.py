@@ -19,11 +19,12 @@ from prefect.artifacts import create_markdown_artifact
 from model.errors import CookError
 from tasks.settings import get_settings
 from tasks.wikipedia import DEFAULT_QUERIES, check_scrape_wikipedia_args, crawl_query_task, default_out
+from tasks.caching import FLOW_RESULTS
 
 __all__ = ["DEFAULT_QUERIES", "check_scrape_wikipedia_args", "scrape_wikipedia_flow"]
 
 
-@flow(name="scrape-wikipedia")
+@flow(name="scrape-wikipedia", **FLOW_RESULTS)
 def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | None = None, extra_urls: bool = True,
                           max_pages: int = 500, depth: int = 1, out: str | None = None, concurrency: int = 4,
                           rate_limit: float = 10.0) -> dict:

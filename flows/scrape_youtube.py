@@ -20,6 +20,7 @@ from tasks.settings import get_settings
 from tasks.youtube import (DEFAULT_CHANNELS, LEDGER_NAME, RUN_BARS, check_scrape_youtube_args, default_out, fetch_batch_task,
                            list_channels_task, reconcile)
 from tasks.youtube_ledger import YouTubeLedger
+from tasks.caching import FLOW_RESULTS
 
 __all__ = ["DEFAULT_CHANNELS", "check_scrape_youtube_args", "scrape_youtube_flow"]
 
@@ -27,7 +28,7 @@ BLOCKED_MESSAGE = ("YouTube keeps blocking transcript requests from this IP (Req
                    "retry later or set a proxy (COOK_YOUTUBE_PROXY_HTTPS or COOK_YOUTUBE_WEBSHARE_USERNAME/PASSWORD)")
 
 
-@flow(name="scrape-youtube")
+@flow(name="scrape-youtube", **FLOW_RESULTS)
 def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | None = None, languages: list[str] | None = None,
                         out: str | None = None, concurrency: int = 4, quota: int = 10000, batch_size: int = 200) -> dict:
     """Collect the transcripts of `channels`' uploads (or the built-in list) into document parquet parts under `out`.

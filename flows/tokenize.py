@@ -10,9 +10,10 @@ from model.shards import load_meta
 from model.tokenizer import load_tokenizer
 from tasks.settings import get_settings
 from tasks.tokenize import check_tokenize_args, tokenize_task
+from tasks.caching import FLOW_RESULTS
 
 
-@flow(name="tokenize")
+@flow(name="tokenize", **FLOW_RESULTS)
 def tokenize_flow(
     inputs: list[str],
     encoding: str = "gpt2",

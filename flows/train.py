@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 
 from model.train import STOP, stop_on_signals
 from tasks.train import check_train_args, prepare_run_task, train_chunk_task
+from tasks.caching import FLOW_RESULTS
 
 
 def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: float = 2.0) -> threading.Thread | None:
@@ -53,7 +54,7 @@ def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: 
     return t
 
 
-@flow(name="train")
+@flow(name="train", **FLOW_RESULTS)
 def train_flow(
     data: str | Path,
     run: str | Path,

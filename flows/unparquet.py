@@ -19,13 +19,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from model.atomic import clean_stale_temps
 from model.errors import CookError
 from tasks.unparquet import check_unparquet_args, output_path, source_fingerprint, unparquet_task
+from tasks.caching import FLOW_RESULTS
 
 __all__ = ["check_unparquet_args", "unparquet_flow"]
 
 MAX_WORKERS = 2  # files converted at once: each holds one record batch per column in memory
 
 
-@flow(name="unparquet", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+@flow(name="unparquet", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), **FLOW_RESULTS)
 def unparquet_flow(sources: list[str], out: str, fmt: str = "parquet", column: str = "text") -> dict:
     """Convert every parquet file in `sources` into `out`; return the run's summary.
 

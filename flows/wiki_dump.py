@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from model.atomic import clean_stale_temps
 from tasks.settings import get_settings
 from tasks.wikidump import check_wiki_dump_args, dump_titles, read_dump_task
+from tasks.caching import FLOW_RESULTS
 
 __all__ = ["check_wiki_dump_args", "wiki_dump_flow", "default_out"]
 
@@ -23,7 +24,7 @@ def default_out() -> Path:
     return get_settings().data_dir / "wikipedia-dump"
 
 
-@flow(name="wiki-dump")
+@flow(name="wiki-dump", **FLOW_RESULTS)
 def wiki_dump_flow(dump: str, out: str | None = None, workers: int | None = None, fetch: bool = False) -> dict:
     """Read `dump` into document shards in `out` (default DATA/wikipedia-dump); return the summary."""
     path = check_wiki_dump_args(dump, out, workers)

@@ -1,8 +1,12 @@
-"""Cache keys for file-producing tasks: a hit counts only while the task's outputs still exist.
+"""Cache keys for file-producing tasks, and where their results live: a hit counts only while the task's outputs exist.
 
 The key holds the task's name, a version, its inputs (files by fingerprint, not by name alone) and
-its output location. When the outputs are gone, the stored record under that key is dropped, so
-the task runs again and re-records itself.
+its output location, never the run id: a new run, a nightly schedule and a retried flow run all hit
+it. When the outputs are gone, the stored record under that key is dropped, so the task runs again.
+
+Results (small: paths and summaries, as JSON) are stored under `<data_dir>/.cook/results`, beside
+the data they describe, so a flow-run retry on any worker that shares the data dir finds them.
+`PERSISTED` is the task options that say so; flows take `FLOW_RESULTS`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,32 @@ from typing import Any, Callable, Iterable
 from prefect.cache_policies import CachePolicy
 
 _SAMPLE = 1 << 20  # bytes hashed from each end of a file
+
+
+def results_dir() -> Path:
+    """`<data_dir>/.cook/results`, read from the settings each time it is used."""
+    from tasks.settings import get_settings
+
+    return (get_settings().data_dir / ".cook" / "results").resolve()
+
+
+class _ResultsPath(type(Path())):
+    """A Path that names `results_dir()` whenever Prefect reads it (it builds its storage from `str(path)` at
+    every task run), so results follow COOK_DATA_DIR of the process that runs the task, not of the one that
+    imported it. Prefect accepts a Path as result storage without a saved block."""
+
+    def __str__(self) -> str:
+        return str(results_dir())
+
+    def __fspath__(self) -> str:
+        return str(results_dir())
+
+
+RESULTS = _ResultsPath()
+# options for a cached task: persist a JSON result under the data dir, never keep it in memory
+PERSISTED = dict(persist_result=True, cache_result_in_memory=False, result_storage=RESULTS, result_serializer="json")
+# options for a flow: its (small) return value persisted too, so a parent's retry reuses a finished subflow
+FLOW_RESULTS = dict(persist_result=True, result_storage=RESULTS, result_serializer="json")
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict:

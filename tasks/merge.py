@@ -36,7 +36,7 @@ from prefect import task
 
 from model.atomic import atomic_dir, atomic_write
 from model.errors import CookError
-from tasks.caching import OutputsCache
+from tasks.caching import PERSISTED, OutputsCache
 from tasks.dedup import ExactDedup, MinHashDedup, text_key
 from tasks.documents import (REJECTS_DIR, REQUIRED, SCHEMA, TEXT_SEPARATOR, escape_text, expand_inputs, is_text_documents, open_documents,
                              read_text_documents)
@@ -402,8 +402,7 @@ def _summary(sources, files, shards, reject_shards, fmt, near_dedup, min_chars, 
 @task(
     name="merge",
     cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / STATS], version="1"),
-    persist_result=True,
-    cache_result_in_memory=False,
+    **PERSISTED,
 )
 def merge_task(
     inputs: list[Path],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.caching import OutputsCache
+from tasks.caching import PERSISTED, OutputsCache
 from tasks.documents import now_utc, write_documents
 
 LICENSE = "PSF-2.0"
@@ -46,7 +46,6 @@ def build_pydoc_corpus(out: Path) -> Path:
     return write_documents(out, docs)
 
 
-@task(name="build-pydoc-corpus", cache_policy=OutputsCache(outputs=lambda i: [i["out"]], version="1"),
-      persist_result=True)
+@task(name="build-pydoc-corpus", cache_policy=OutputsCache(outputs=lambda i: [i["out"]], version="1"), **PERSISTED)
 def build_pydoc_corpus_task(out: Path) -> Path:
     return build_pydoc_corpus(out)

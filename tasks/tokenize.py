@@ -21,7 +21,7 @@ from model.atomic import atomic_dir
 from model.errors import CookError
 from model.shards import ShardWriter, dtype_for_vocab, write_meta
 from model.tokenizer import Tokenizer, default_threads, encode_stream, get_tokenizer, known_vocab_size, load_tokenizer
-from tasks.caching import OutputsCache, file_fingerprint
+from tasks.caching import PERSISTED, OutputsCache, file_fingerprint
 from tasks.documents import expand_inputs, iter_texts
 from tasks.progress import progress
 
@@ -216,8 +216,7 @@ def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: i
 @task(
     name="tokenize",
     cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / "meta.json"], version="1", exclude=("num_threads",)),
-    persist_result=True,
-    cache_result_in_memory=False,
+    **PERSISTED,
 )
 def tokenize_task(
     inputs: list[Path],

@@ -11,8 +11,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from model.checkpoint import CHECKPOINTS, checkpoint_name
 from model.errors import CookError
 from model.train import check_args, prepare_run, setup_process, train_chunk
+from tasks.caching import PERSISTED, OutputsCache
 from tasks.progress import progress
 
 
@@ -75,8 +77,14 @@ def chunk_report(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _chunk_checkpoint(inputs: dict) -> list[str]:
+    return [os.path.join(inputs["run"], CHECKPOINTS, checkpoint_name(inputs["chunk"]))]
+
+
+# cached while the chunk's checkpoint exists, so a retried flow run skips the chunks it finished
 @task(name="train-chunk", task_run_name="train-chunk-{chunk}", retries=1, retry_condition_fn=_no_retry_on_cook_error,
-      cache_policy=NO_CACHE)
+      cache_policy=OutputsCache(outputs=_chunk_checkpoint, version="1", exclude=("log_interval", "sample_tokens")),
+      **PERSISTED)
 def train_chunk_task(run: str, chunk: int, data: str | None = None, device: str = "auto", compile: bool = False,
                      eval_interval: int | None = None, eval_iters: int | None = None, keep_last: int = 3,
                      log_interval: int = 10, sample_tokens: int = 64) -> dict:

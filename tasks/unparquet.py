@@ -37,7 +37,7 @@ from prefect import task
 
 from model.atomic import atomic_write
 from model.errors import CookError
-from tasks.caching import OutputsCache, file_fingerprint
+from tasks.caching import PERSISTED, OutputsCache, file_fingerprint
 from tasks.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs
 from tasks.progress import progress
 
@@ -389,8 +389,7 @@ def _retryable(task, task_run, state) -> bool:
 @task(
     name="unparquet",
     cache_policy=OutputsCache(outputs=lambda i: [output_path(i["src"], i["out_dir"], i["fmt"])], version="1"),
-    persist_result=True,
-    cache_result_in_memory=False,
+    **PERSISTED,
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=_retryable,

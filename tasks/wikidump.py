@@ -557,13 +557,12 @@ def __getattr__(name: str):
         raise AttributeError(name)
     from prefect import task
 
-    from tasks.caching import OutputsCache
+    from tasks.caching import PERSISTED, OutputsCache
 
     t = task(
         name="read-dump",
         cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / SUMMARY], version="1", exclude=("workers",)),
-        persist_result=True,
-        cache_result_in_memory=False,
+        **PERSISTED,
     )(_read_dump)
     globals()["read_dump_task"] = t
     return t

@@ -32,7 +32,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
-from tasks.caching import OutputsCache
+from tasks.caching import PERSISTED, OutputsCache
 from tasks.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
 from tasks.documents import SCHEMA
 from tasks.http import FetchError, PoliteClient, Retry, retry_after
@@ -453,8 +453,7 @@ def crawl_query(query: str, quota: int, depth: int, out: str, api_url: str | Non
 @task(
     name="crawl-query",
     cache_policy=OutputsCache(outputs=query_outputs, version="1", exclude=("concurrency", "rate_limit")),
-    persist_result=True,
-    cache_result_in_memory=False,
+    **PERSISTED,
 )
 def crawl_query_task(query: str, quota: int, depth: int, max_pages: int, out: str, api_url: str,
                      concurrency: int = 4, rate_limit: float = 10.0) -> dict:
