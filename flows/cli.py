@@ -106,17 +106,37 @@ def _progress():
 
 
 def _run(fn, *args, **kwargs):
-    """Run a flow function: route logs, show progress, turn known failures into one line."""
+    """Run a flow function: route logs, show progress, tag the run (flows/report.py TAGS), turn known failures into one line."""
+    from prefect import tags
+
+    from flows.report import tags_for
     from model.errors import CookError
 
     _route_prefect_logs()
     try:
-        with _progress():
+        with _progress(), tags(*tags_for(getattr(fn, "name", ""))):
             return fn(*args, **kwargs)
     except CookError as e:
         user_error(e)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+
+
+def _dask_option():
+    return typer.Option(None, "--dask", metavar="ADDRESS|local",
+                        help="Run this stage's tasks on Dask: a scheduler address (tcp://host:8786), 'local' for a "
+                             "local cluster, or 'off' [default: COOK_DASK_ADDRESS, else threads here]. Needs the dask extra.")
+
+
+def _check_dask(dask: Optional[str]) -> None:
+    """A bad --dask (or COOK_DASK_ADDRESS) is a usage error, before anything runs."""
+    from flows.runners import dask_target
+    from model.errors import CookError
+
+    try:
+        dask_target(dask)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -145,8 +165,8 @@ def scrape_wikipedia(
 ) -> None:
     """Search Wikipedia through the MediaWiki API and collect articles politely; re-running resumes."""
     _prepare_env()
-    from model.errors import CookError
     from flows.scrape_wikipedia import check_scrape_wikipedia_args, scrape_wikipedia_flow
+    from model.errors import CookError
 
     kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
                   extra_urls=extra_urls, max_pages=max_pages, depth=depth, out=str(out) if out else None,
@@ -171,8 +191,8 @@ def scrape_britannica(
 ) -> None:
     """Collect Britannica articles found by search, politely (robots.txt honoured); re-running resumes."""
     _prepare_env()
-    from model.errors import CookError
     from flows.scrape_britannica import check_scrape_britannica_args, scrape_britannica_flow
+    from model.errors import CookError
 
     kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
                   max_pages_per_query=max_pages_per_query, out=str(out) if out else None,
@@ -197,8 +217,8 @@ def scrape_youtube(
 ) -> None:
     """Collect YouTube transcripts of channels' uploads; resumes exactly where it stopped."""
     _prepare_env()
-    from model.errors import CookError
     from flows.scrape_youtube import check_scrape_youtube_args, scrape_youtube_flow
+    from model.errors import CookError
 
     kwargs = dict(channels=list(channel) if channel else None, channels_file=str(channels) if channels else None,
                   languages=[l.strip() for l in languages.split(",") if l.strip()], out=str(out) if out else None,
@@ -220,17 +240,19 @@ def scrape_wiki_dump(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/wikipedia-dump]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: all cores]."),
     fetch: bool = typer.Option(False, "--fetch", help="Fetch each title of the dump through the API scraper instead."),
+    dask: Optional[str] = _dask_option(),
 ) -> None:
     """Read a Wikipedia XML dump into documents, streaming, in constant memory."""
     _prepare_env()
-    from model.errors import CookError
+    _check_dask(dask)
     from flows.wiki_dump import check_wiki_dump_args, wiki_dump_flow
+    from model.errors import CookError
 
     try:
         check_wiki_dump_args(str(dump), str(out) if out else None, workers)
     except CookError as e:
         user_error(e, EXIT_USAGE)
-    result = _run(wiki_dump_flow, dump=str(dump), out=str(out) if out else None, workers=workers, fetch=fetch)
+    result = _run(wiki_dump_flow, dump=str(dump), out=str(out) if out else None, workers=workers, fetch=fetch, dask=dask)
     if isinstance(result, dict) and result.get("truncated"):
         typer.echo(f"warning: {dump} is truncated: kept every complete page before the cut", err=True)
     if fetch:
@@ -246,9 +268,11 @@ def unparquet(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one converted file per input."),
     format: str = typer.Option("parquet", "--format", help="parquet (the document format), text or csv."),
     column: str = typer.Option("text", "--column", help="The column that holds the text."),
+    dask: Optional[str] = _dask_option(),
 ) -> None:
     """Convert parquet files (e.g. Cosmopedia shards) to documents, text or csv, streaming and lossless."""
     _prepare_env()
+    _check_dask(dask)
     from model.errors import CookError
     from tasks.unparquet import check_unparquet_args
 
@@ -258,7 +282,7 @@ def unparquet(
         user_error(e, EXIT_USAGE)
     from flows.unparquet import unparquet_flow
 
-    _run(unparquet_flow, sources=list(sources), out=str(out), fmt=format, column=column)
+    _run(unparquet_flow, sources=list(sources), out=str(out), fmt=format, column=column, dask=dask)
     typer.echo(f"converted: {out}")
 
 
@@ -272,9 +296,11 @@ def merge(
     min_chars: Optional[int] = typer.Option(None, "--min-chars", help="Reject shorter documents."),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Reject longer documents."),
     lang: Optional[List[str]] = typer.Option(None, "--lang", help="Keep only these languages (needs langdetect)."),
+    dask: Optional[str] = _dask_option(),
 ) -> None:
     """Clean, deduplicate and merge documents into shards; every rejected document is kept with its reason."""
     _prepare_env()
+    _check_dask(dask)
     from model.errors import CookError
     from tasks.merge import check_merge_args
 
@@ -286,7 +312,7 @@ def merge(
 
     limits = {k: v for k, v in (("min_chars", min_chars), ("max_chars", max_chars)) if v is not None}
     _run(merge_flow, inputs=list(inputs), out=str(out), shard_size=shard_size, fmt=format, near_dedup=near_dedup,
-         languages=lang or None, **limits)
+         languages=lang or None, dask=dask, **limits)
     typer.echo(f"merged: {out}")
 
 
@@ -299,12 +325,14 @@ def tokenize(
     val_fraction: float = typer.Option(0.005, "--val-fraction", help="Share of documents for validation (by a deterministic hash)."),
     dtype: str = typer.Option("auto", "--dtype", help="Token dtype: auto, uint16 or uint32."),
     shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", help="Tokens per shard."),
+    dask: Optional[str] = _dask_option(),
 ) -> None:
     """Tokenize documents into train/val binary token shards with a meta.json."""
     _prepare_env()
+    _check_dask(dask)
+    from model.errors import CookError
     from tasks.settings import get_settings
     from tasks.tokenize import check_tokenize_args
-    from model.errors import CookError
 
     out = out or get_settings().data_dir / "tokens"
     try:
@@ -315,7 +343,7 @@ def tokenize(
 
     result = _run(tokenize_flow, inputs=list(inputs), encoding=encoding, out=str(out),
                   tokenizer_dir=str(tokenizer) if tokenizer else None, val_fraction=val_fraction,
-                  dtype=dtype, shard_tokens=shard_tokens)
+                  dtype=dtype, shard_tokens=shard_tokens, dask=dask)
     typer.echo(f"tokens: {result}")
 
 
@@ -336,6 +364,7 @@ def train(
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per step [preset's]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
     keep_last: int = typer.Option(3, "--keep-last", help="Checkpoints to keep besides the best."),
+    gpus: int = typer.Option(1, "--gpus", help="Train on N processes with DDP (one per GPU; gloo processes with --device cpu): launches torchrun for you."),
 ) -> None:
     """Train a GPT in chunks (a checkpoint after each); the same command again resumes."""
     _prepare_env()
@@ -345,7 +374,7 @@ def train(
     kwargs = dict(data=str(data), run=str(run), preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk,
                   seed=seed, init_from=str(init_from) if init_from else None, device=device, compile=compile,
                   eval_interval=eval_interval, eval_iters=eval_iters, batch_size=batch_size, grad_accum=grad_accum,
-                  learning_rate=lr, keep_last=keep_last)
+                  learning_rate=lr, keep_last=keep_last, gpus=gpus)
     try:
         check_train_args(**kwargs)
     except CookError as e:
@@ -359,6 +388,7 @@ def train(
         else:  # the other torchrun ranks run the same chunk loop without Prefect, in step with rank 0
             from model.train import STOP, stop_on_signals, train_worker
 
+            kwargs.pop("gpus")  # already under torchrun
             with stop_on_signals(STOP):
                 _run(train_worker, **kwargs)
     finally:
@@ -381,8 +411,8 @@ def sample(
 ) -> None:
     """Print text generated by a trained model."""
     _prepare_env()
-    from model.errors import CookError
     from flows.sample import sample_text
+    from model.errors import CookError
 
     try:
         text = sample_text(str(target), prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -390,6 +420,50 @@ def sample(
     except CookError as e:
         user_error(e)
     typer.echo(text)
+
+
+@app.command()
+def pipeline(
+    source: List[str] = typer.Option(["wikipedia"], "--source", "-s", help="wikipedia, britannica, youtube, wiki-dump, parquet or pydoc; repeat for several."),
+    query: Optional[List[str]] = typer.Option(None, "--query", "-q", help="Wikipedia and Britannica searches [built-in topics]."),
+    max_pages: int = typer.Option(500, "--max-pages", help="Wikipedia pages in all, this run."),
+    depth: int = typer.Option(1, "--depth", help="Wikipedia link levels to follow."),
+    channel: Optional[List[str]] = typer.Option(None, "--channel", help="YouTube channel ids [built-in list]."),
+    dump: Optional[List[str]] = typer.Option(None, "--dump", help="Wikipedia pages-articles dumps, for wiki-dump."),
+    parquet: Optional[List[str]] = typer.Option(None, "--parquet", help="Parquet files, folders or hf:// paths, for parquet."),
+    near_dedup: bool = typer.Option(False, "--near-dedup", help="Also remove near-duplicates (MinHash)."),
+    encoding: str = typer.Option("gpt2", "--encoding", "-e", help="Tokenizer encoding."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed or gpt2-124m."),
+    chunks: int = typer.Option(1, "--chunks", help="Chunks to train."),
+    iters_per_chunk: int = typer.Option(1000, "--iters-per-chunk", help="Iterations per chunk (at most 5000)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    run_name: str = typer.Option("pipeline", "--run-name", help="Training runs go to DATA_DIR/runs/NAME-<tokens id>."),
+) -> None:
+    """Sources to a trained checkpoint: gather, merge, tokenize, train; stages whose inputs are unchanged are skipped."""
+    _prepare_env()
+    from flows.pipeline import check_pipeline_args
+    from model.errors import CookError
+
+    try:
+        check_pipeline_args(source, dump, parquet, chunks, iters_per_chunk, preset, run_name)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.pipeline import pipeline_flow
+
+    r = _run(pipeline_flow, sources=list(source), queries=query or None, max_pages=max_pages, depth=depth,
+             channels=channel or None, dumps=dump or None, parquet=parquet or None, near_dedup=near_dedup,
+             encoding=encoding, preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk, device=device,
+             run_name=run_name)
+    table = Table(title="pipeline")
+    for col in ("stage", "state", "detail", "output"):
+        table.add_column(col)
+    for s in r["stages"]:
+        table.add_row(s["stage"], s["state"], s["detail"], s["output"])
+    Console().print(table)
+    typer.echo(f"checkpoint: {r['checkpoint']}")
 
 
 @app.command()
@@ -402,6 +476,28 @@ def demo(
 
     report = _run(demo_flow, iters_per_chunk=iters_per_chunk)
     print_report(report)
+
+
+@app.command("server-setup")
+def server_setup(
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight per host, all runs together (default: each scraper's)."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second per host, all runs together (default: each scraper's)."),
+) -> None:
+    """Create the per-host politeness limits on the Prefect server (PREFECT_API_URL), shared by parallel runs; idempotent."""
+    _prepare_env()
+    from flows.server_setup import check_server_setup_args, print_limits
+    from flows.server_setup import server_setup as setup
+    from model.errors import CookError
+
+    try:
+        check_server_setup_args(concurrency, rate)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    try:
+        rows = setup(concurrency=concurrency, rate=rate)
+    except CookError as e:
+        user_error(e)
+    print_limits(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
-from tasks.merge import MAX_CHARS, MIN_CHARS, check_merge_args, merge_task, parse_size
+from flows.report import count, publish_markdown, publish_table, run_name, short
+from flows.runners import final_state, stage_runner
+from model.errors import CookError
 from tasks.caching import FLOW_RESULTS
+from tasks.merge import MAX_CHARS, MIN_CHARS, check_merge_args, merge_task, parse_size
+from tasks.settings import SOURCE_DIRS, get_settings
 
 
 def _mb(n: int) -> str:
@@ -36,23 +40,65 @@ def summary_markdown(stats: dict) -> str:
     return "\n".join(md)
 
 
-@flow(name="merge", **FLOW_RESULTS)
+def source_rows(stats: dict) -> list[dict]:
+    """One row per source: documents and MB in and out, documents rejected."""
+    return [{"source": src, "documents_in": s["documents_in"], "documents_out": s["documents_out"],
+             "mb_in": round(s["bytes_in"] / 1e6, 3), "mb_out": round(s["bytes_out"] / 1e6, 3),
+             "rejected": sum(s["rejected"].values())} for src, s in stats["sources"].items()]
+
+
+def shard_rows(out: Path, stats: dict) -> list[dict]:
+    """One row per written shard (kept, then rejects): documents (parquet shards) and MB on disk."""
+    rows = []
+    for kind, names in (("kept", stats["shards"]), ("rejects", stats.get("reject_shards") or [])):
+        for name in names:
+            path = out / name
+            try:
+                docs = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None
+                mb = round(path.stat().st_size / 1e6, 3)
+            except Exception:  # a shard gone since: the table says so rather than failing the run
+                docs, mb = None, None
+            rows.append({"shard": name, "kind": kind, "documents": docs, "mb": mb})
+    return rows
+
+
+def _run_name(p: dict) -> str:
+    ins = p.get("inputs") or []
+    what = short(ins[0]) if len(ins) == 1 else count(len(ins), "input")
+    return f"merge {what} -> {short(p['out'])}" + (" (near-dedup)" if p.get("near_dedup") else "")
+
+
+@flow(name="merge", flow_run_name=run_name("merge", _run_name), **FLOW_RESULTS)
 def merge_flow(
-    inputs: list[str],
-    out: str,
+    inputs: list[str] | None = None,
+    out: str | None = None,
     shard_size: str = "2GB",
     fmt: str = "parquet",
     near_dedup: bool = False,
     min_chars: int = MIN_CHARS,
     max_chars: int = MAX_CHARS,
     languages: list[str] | None = None,
+    dask: str | None = None,
 ) -> dict:
-    """Merge `inputs` into `out` (shards, rejects/, stats.json); return the stats. Cached while inputs are unchanged."""
-    files = check_merge_args(inputs, out, shard_size, fmt, languages)
-    state = merge_task(files, Path(out), parse_size(shard_size), fmt, near_dedup, min_chars, max_chars,
-                       list(languages) if languages else None, return_state=True)
+    """Merge `inputs` (default: every source folder under the data dir) into `out` (default DATA/merged: shards,
+    rejects/, stats.json); return the stats. Cached while inputs are unchanged.
+
+    `dask`: run the task on a Dask cluster (an address or "local"; default COOK_DASK_ADDRESS, see flows/runners.py).
+    """
+    settings = get_settings()
+    inputs = inputs if inputs is not None else [str(p) for p in settings.source_dirs()]
+    if not inputs:
+        raise CookError(f"nothing to merge: no source folder under {settings.data_dir} ({', '.join(SOURCE_DIRS.values())})")
+    out = out if out is not None else str(settings.data_dir / "merged")
+    # absolute paths: the task may run in another process (a Dask worker) with another working directory
+    files = [f.absolute() for f in check_merge_args(inputs, out, shard_size, fmt, languages)]
+    with stage_runner(dask) as runner:
+        state = final_state(runner.submit(merge_task, files, Path(out).absolute(), parse_size(shard_size), fmt, near_dedup,
+                                          min_chars, max_chars, list(languages) if languages else None))
     stats = state.result()
-    create_markdown_artifact(key="merge-summary", markdown=summary_markdown(stats), description="cook merge summary")
+    publish_markdown("merge-summary", summary_markdown(stats), "cook merge summary")
+    publish_table("merge-sources", source_rows(stats), "cook merge: documents and MB in and out per source")
+    publish_table("merge-shards", shard_rows(Path(out), stats), "cook merge: the shards written")
     how = "cached, unchanged inputs" if state.name == "Cached" else "written"
     get_run_logger().info(
         "%s (%s): %d documents in, %d kept in %d shard(s), %d rejected (%d exact, %d near duplicates)",

@@ -14,17 +14,22 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
+from flows.report import items_label, publish_markdown, publish_table, run_name
 from model.errors import CookError
 from tasks.britannica import DEFAULT_QUERIES, SOURCE, check_scrape_britannica_args, crawl_query_task, default_out
-from tasks.settings import get_settings
 from tasks.caching import FLOW_RESULTS
+from tasks.settings import get_settings
 
 __all__ = ["DEFAULT_QUERIES", "check_scrape_britannica_args", "scrape_britannica_flow"]
 
 
-@flow(name="scrape-britannica", **FLOW_RESULTS)
+def _run_name(p: dict) -> str:
+    return (f"scrape-britannica: {items_label(p.get('queries'), p.get('queries_file'), 'query', 'queries')}, "
+            f"{p.get('max_pages_per_query')} result pages each")
+
+
+@flow(name="scrape-britannica", flow_run_name=run_name("scrape-britannica", _run_name), **FLOW_RESULTS)
 def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str | None = None, max_pages_per_query: int = 10,
                            out: str | None = None, concurrency: int = 4, rate_limit: float = 5.0) -> dict:
     """Crawl Britannica for `queries` (or the built-in topics) into document parquet parts under `out`.
@@ -74,8 +79,15 @@ def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str |
     return summary
 
 
+def query_rows(summary: dict) -> list[dict]:
+    """One table row per query: state, articles found, done, fetched now, failed, warnings, disallowed."""
+    return [{k: r[k] for k in ("query", "state", "found", "done", "fetched", "failed", "warnings", "disallowed")}
+            for r in summary["per_query"]]
+
+
 def _publish(summary: dict) -> None:
-    """A markdown artifact: totals, one row per query, then failures and warnings."""
+    """A table with one row per query, and a markdown artifact: totals, one row per query, then failures and warnings."""
+    publish_table("scrape-britannica-queries", query_rows(summary), "cook scrape britannica: one row per query")
     md = [f"# scrape britannica -> `{summary['out']}`", "",
           f"- site: {summary['base_url']}",
           f"- documents: {summary['documents']} ({summary['fetched']} fetched in this run), queries: {summary['queries']} ({summary['cached']} cached)",
@@ -88,7 +100,4 @@ def _publish(summary: dict) -> None:
         md += ["", "## Failures and warnings", ""]
         md += [f"- {f['query']}: {f['path'] or 'query'}: {f['error']}" for f in summary["failed"][:200]]
         md += [f"- {w}" for w in summary["warnings"][:200]]
-    try:
-        create_markdown_artifact(key="scrape-britannica-summary", markdown="\n".join(md), description="cook scrape britannica summary")
-    except Exception:  # the artifact is a nicety: never fail the run over it
-        pass
+    publish_markdown("scrape-britannica-summary", md, "cook scrape britannica summary")

@@ -14,17 +14,22 @@ import math
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
+from flows.report import items_label, publish_markdown, publish_table, run_name
 from model.errors import CookError
+from tasks.caching import FLOW_RESULTS
 from tasks.settings import get_settings
 from tasks.wikipedia import DEFAULT_QUERIES, check_scrape_wikipedia_args, crawl_query_task, default_out
-from tasks.caching import FLOW_RESULTS
 
 __all__ = ["DEFAULT_QUERIES", "check_scrape_wikipedia_args", "scrape_wikipedia_flow"]
 
 
-@flow(name="scrape-wikipedia", **FLOW_RESULTS)
+def _run_name(p: dict) -> str:
+    links = f", depth {p.get('depth')}" if p.get("extra_urls", True) else ", no links"
+    return f"scrape-wikipedia: {items_label(p.get('queries'), p.get('queries_file'), 'query', 'queries')}, max {p.get('max_pages')} pages{links}"
+
+
+@flow(name="scrape-wikipedia", flow_run_name=run_name("scrape-wikipedia", _run_name), **FLOW_RESULTS)
 def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | None = None, extra_urls: bool = True,
                           max_pages: int = 500, depth: int = 1, out: str | None = None, concurrency: int = 4,
                           rate_limit: float = 10.0) -> dict:
@@ -75,8 +80,15 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
     return summary
 
 
+def query_rows(summary: dict) -> list[dict]:
+    """One table row per query: state, page budget, documents done, pages fetched now, pages failed."""
+    return [{"query": r["query"], "state": r["state"], "budget": r["quota"], "done": r["done"], "fetched": r["fetched"],
+             "failed": r["failed"]} for r in summary["per_query"]]
+
+
 def _publish(summary: dict, rows: list[dict]) -> None:
-    """A markdown artifact: totals, one row per query, then the failures with their reasons."""
+    """A table with one row per query, and a markdown artifact: totals, one row per query, then the failures."""
+    publish_table("scrape-wikipedia-queries", query_rows(summary), "cook scrape wikipedia: one row per query")
     md = [f"# scrape wikipedia -> `{summary['out']}`", "",
           f"- API: {summary['api_url']}",
           f"- documents: {summary['documents']} ({summary['fetched']} fetched in this run), queries: {summary['queries']} ({summary['cached']} cached)",
@@ -87,7 +99,4 @@ def _publish(summary: dict, rows: list[dict]) -> None:
         md += ["", "## Failures", ""]
         md += [f"- page {f['pageid']} {f['title']}: {f['error']}" for f in summary["failed_pages"][:200]]
         md += [f"- query {f['query']}: {f['reason']}" for f in summary["failed_queries"]]
-    try:
-        create_markdown_artifact(key="scrape-wikipedia-summary", markdown="\n".join(md), description="cook scrape wikipedia summary")
-    except Exception:  # the artifact is a nicety: never fail the run over it
-        pass
+    publish_markdown("scrape-wikipedia-summary", md, "cook scrape wikipedia summary")

@@ -13,14 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
+from flows.report import items_label, publish_markdown, publish_table, run_name
+from tasks.caching import FLOW_RESULTS
 from tasks.progress import progress
 from tasks.settings import get_settings
-from tasks.youtube import (DEFAULT_CHANNELS, LEDGER_NAME, RUN_BARS, check_scrape_youtube_args, default_out, fetch_batch_task,
-                           list_channels_task, reconcile)
+from tasks.youtube import (
+    DEFAULT_CHANNELS,
+    LEDGER_NAME,
+    RUN_BARS,
+    check_scrape_youtube_args,
+    default_out,
+    fetch_batch_task,
+    list_channels_task,
+    reconcile,
+)
 from tasks.youtube_ledger import YouTubeLedger
-from tasks.caching import FLOW_RESULTS
 
 __all__ = ["DEFAULT_CHANNELS", "check_scrape_youtube_args", "scrape_youtube_flow"]
 
@@ -28,7 +36,13 @@ BLOCKED_MESSAGE = ("YouTube keeps blocking transcript requests from this IP (Req
                    "retry later or set a proxy (COOK_YOUTUBE_PROXY_HTTPS or COOK_YOUTUBE_WEBSHARE_USERNAME/PASSWORD)")
 
 
-@flow(name="scrape-youtube", **FLOW_RESULTS)
+def _run_name(p: dict) -> str:
+    langs = ",".join(p.get("languages") or []) or "en"
+    return (f"scrape-youtube: {items_label(p.get('channels'), p.get('channels_file'), 'channel')}, "
+            f"quota {p.get('quota')}, {langs}")
+
+
+@flow(name="scrape-youtube", flow_run_name=run_name("scrape-youtube", _run_name), **FLOW_RESULTS)
 def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | None = None, languages: list[str] | None = None,
                         out: str | None = None, concurrency: int = 4, quota: int = 10000, batch_size: int = 200) -> dict:
     """Collect the transcripts of `channels`' uploads (or the built-in list) into document parquet parts under `out`.
@@ -67,6 +81,7 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
     with YouTubeLedger(out_dir / LEDGER_NAME) as ledger:
         totals = ledger.counts()
         unlisted = sum(1 for c in chans if not (ledger.channel(c) or {}).get("listed"))
+        rows = channel_rows(chans, listing["per_channel"], {c["channel_id"]: c for c in ledger.channels()})
     summary = {
         "out": str(out_dir), "channels": len(chans), "channels_unlisted": unlisted, "api_units": listing["units"], "quota": quota,
         "api_units_all_runs": listing["units_all_runs"],
@@ -74,7 +89,7 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
         "videos": {k: v for k, v in totals.items() if v}, "failed_channels": [r for r in listing["per_channel"] if r["state"] == "failed"],
         "stopped": stopped, "message": "; ".join(messages),
     }
-    _publish(summary, listing["per_channel"])
+    _publish(summary, listing["per_channel"], rows)
     logger.info("scrape youtube: %d channels (%d API units), %d new videos, %d transcripts fetched, failed %s -> %s",
                 len(chans), listing["units"], listing["new"], fetched, failed or "none", out_dir)
     if stopped:
@@ -82,8 +97,21 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
     return summary
 
 
-def _publish(summary: dict, per_channel: list[dict]) -> None:
-    """A markdown artifact: totals, the stop reason, one row per channel."""
+def channel_rows(chans: list[str], per_channel: list[dict], ledger_channels: dict[str, dict]) -> list[dict]:
+    """One table row per channel: its listing in this run (`not-reached` when the quota stopped it first),
+    new videos now, videos known in the ledger (all runs), whether its listing is complete, the error."""
+    now = {r["channel"]: r for r in per_channel}
+    rows = []
+    for c in chans:
+        r, ch = now.get(c) or {}, ledger_channels.get(c) or {}
+        rows.append({"channel": c, "title": ch.get("title"), "listing": r.get("state", "not-reached"), "new": r.get("new", 0),
+                     "videos": ch.get("videos", 0), "listed": bool(ch.get("listed")), "error": r.get("error") or ch.get("error")})
+    return rows
+
+
+def _publish(summary: dict, per_channel: list[dict], rows: list[dict]) -> None:
+    """A table with one row per channel, and a markdown artifact: totals, the stop reason, one row per channel."""
+    publish_table("scrape-youtube-channels", rows, "cook scrape youtube: one row per channel")
     md = [f"# scrape youtube -> `{summary['out']}`", "",
           f"- Data API units: {summary['api_units']} of {summary['quota']}; new videos: {summary['new_videos']}",
           f"- transcripts fetched now: {summary['fetched']} of {summary['due']} due; failed: {summary['failed'] or 'none'}",
@@ -92,7 +120,4 @@ def _publish(summary: dict, per_channel: list[dict]) -> None:
         md.append(f"- **stopped ({summary['stopped']})**: {summary['message']}")
     md += ["", "| channel | listing | new videos |", "|---|---|---:|"]
     md += [f"| {r['channel']} | {r['state']}{' — ' + r['error'] if r.get('error') else ''} | {r['new']} |" for r in per_channel]
-    try:
-        create_markdown_artifact(key="scrape-youtube-summary", markdown="\n".join(md), description="cook scrape youtube summary")
-    except Exception:  # a nicety: never fail the run over it
-        pass
+    publish_markdown("scrape-youtube-summary", md, "cook scrape youtube summary")

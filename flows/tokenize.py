@@ -6,41 +6,54 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.report import publish_markdown, publish_table, run_name, short
+from flows.runners import final_state, stage_runner
 from model.shards import load_meta
 from model.tokenizer import load_tokenizer
+from tasks.caching import FLOW_RESULTS
 from tasks.settings import get_settings
 from tasks.tokenize import check_tokenize_args, tokenize_task
-from tasks.caching import FLOW_RESULTS
 
 
-@flow(name="tokenize", **FLOW_RESULTS)
+def _run_name(p: dict) -> str:
+    out = short(p["out"]) if p.get("out") else "tokens"
+    reuse = f" (vocab of {short(p['tokenizer_dir'])})" if p.get("tokenizer_dir") else ""
+    return f"tokenize {p['encoding']}{reuse} -> {out}"
+
+
+@flow(name="tokenize", flow_run_name=run_name("tokenize", _run_name), **FLOW_RESULTS)
 def tokenize_flow(
-    inputs: list[str],
+    inputs: list[str] | None = None,
     encoding: str = "gpt2",
     out: str | None = None,
     tokenizer_dir: str | None = None,
     val_fraction: float = 0.005,
     dtype: str = "auto",
     shard_tokens: int = 100_000_000,
+    dask: str | None = None,
 ) -> str:
-    """Tokenize `inputs` into `out` (default `<data_dir>/tokens`); return the output folder.
+    """Tokenize `inputs` (default `<data_dir>/merged`) into `out` (default `<data_dir>/tokens`); return the output folder.
 
     With `tokenizer_dir` (a saved `tokenizer/` folder) the new data gets the same ids as before.
+    `dask`: run the task on a Dask cluster (an address or "local"; default COOK_DASK_ADDRESS, see flows/runners.py).
     """
-    files = check_tokenize_args(inputs, encoding, dtype, tokenizer_dir)
-    out_path = Path(out) if out is not None else get_settings().data_dir / "tokens"
-    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
-    state = tokenize_task(
-        files,
-        encoding,
-        out_path,
-        tok_dir,
-        val_fraction,
-        dtype,
-        shard_tokens,
-        tokenizer_hash=load_tokenizer(tok_dir).hash if tok_dir is not None else None,
-        return_state=True,
-    )
+    inputs = inputs if inputs is not None else [str(get_settings().data_dir / "merged")]
+    files = [f.absolute() for f in check_tokenize_args(inputs, encoding, dtype, tokenizer_dir)]
+    # absolute paths: the task may run in another process (a Dask worker) with another working directory
+    out_path = (Path(out) if out is not None else get_settings().data_dir / "tokens").absolute()
+    tok_dir = Path(tokenizer_dir).absolute() if tokenizer_dir is not None else None
+    with stage_runner(dask) as runner:
+        state = final_state(runner.submit(
+            tokenize_task,
+            files,
+            encoding,
+            out_path,
+            tok_dir,
+            val_fraction,
+            dtype,
+            shard_tokens,
+            tokenizer_hash=load_tokenizer(tok_dir).hash if tok_dir is not None else None,
+        ))
     result = Path(state.result())
     meta = load_meta(result)
     logger = get_run_logger()
@@ -52,4 +65,25 @@ def tokenize_flow(
         splits["train"]["tokens"], splits["train"]["documents"], len(splits["train"]["shards"]),
         splits["val"]["tokens"], splits["val"]["documents"], len(splits["val"]["shards"]),
     )
+    _publish(result, meta, how)
     return str(result)
+
+
+def split_rows(meta: dict) -> list[dict]:
+    """One row per split: its documents, tokens and shards, with the encoding, dtype and vocabulary beside."""
+    return [{"split": name, "documents": s["documents"], "tokens": s["tokens"], "shards": len(s["shards"]),
+             "encoding": meta["encoding"], "dtype": meta["dtype"], "vocab_size": meta["vocab_size"]}
+            for name, s in meta["splits"].items()]
+
+
+def _publish(out: Path, meta: dict, how: str) -> None:
+    """A table of the splits and a markdown summary with the meta."""
+    rows = split_rows(meta)
+    publish_table("tokenize-splits", rows, "cook tokenize: tokens, documents and shards per split")
+    md = [f"# tokenize -> `{out}` ({how})", "",
+          f"- encoding: {meta['encoding']}, vocabulary: {meta['vocab_size']:,} ids, dtype: {meta['dtype']}, "
+          f"end-of-text id: {meta.get('eot_id')}",
+          f"- validation fraction: {meta.get('val_fraction')}, fingerprint: `{str(meta.get('fingerprint', ''))[:16]}`",
+          "", "| split | documents | tokens | shards |", "|---|---:|---:|---:|"]
+    md += [f"| {r['split']} | {r['documents']:,} | {r['tokens']:,} | {r['shards']} |" for r in rows]
+    publish_markdown("tokenize-summary", md, "cook tokenize summary")

@@ -4,13 +4,18 @@ Running the same command again resumes: which chunks are left is read from the r
 checkpoint. SIGTERM, Ctrl-C or a Prefect cancellation saves a checkpoint at the current iteration
 and stops (the run then fails with one line saying how to resume).
 
-Several GPUs (or CPU processes) with DDP:
+After each chunk, and at the end, RUN/loss.png shows the run's loss curve (also the image artifact
+`train-loss`, and embedded in the chunk's markdown artifact `train-chunk-N`).
+
+Several GPUs (or CPU processes) with DDP: `gpus=N` (`cook train --gpus 8 ...`). This flow stays one
+process; each chunk task launches `torchrun --standalone --nproc_per_node=N` for that chunk (model.launch),
+streams its output into the run's log and reads rank 0's summary. Or by hand:
 
     torchrun --standalone --nproc_per_node=8 -m flows.cli train -- --data DIR --run DIR --preset gpt2-124m --chunks 20 --iters-per-chunk 5000
 
-rank 0 runs this flow (Prefect logs, artifacts, every file); the other ranks run the same chunk
-loop without Prefect (`model.train.train_worker`), in step with it. The `--` stops torchrun from
-reading `--run` as its own `--run-path`. On CPU it uses gloo (`--device cpu`), on GPUs nccl.
+where rank 0 runs this flow (Prefect logs, artifacts, every file) and the other ranks run the same chunk
+loop without Prefect (`model.train.train_worker`), in step with it (`gpus` is then ignored). The `--`
+stops torchrun from reading `--run` as its own `--run-path`. On CPU it uses gloo (`--device cpu`), on GPUs nccl.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from model.train import STOP, stop_on_signals
-from tasks.train import check_train_args, prepare_run_task, train_chunk_task
 from tasks.caching import FLOW_RESULTS
+from tasks.settings import get_settings
+from tasks.train import check_train_args, loss_curve_task, prepare_run_task, train_chunk_task
 
 
 def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: float = 2.0) -> threading.Thread | None:
@@ -56,8 +62,8 @@ def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: 
 
 @flow(name="train", **FLOW_RESULTS)
 def train_flow(
-    data: str | Path,
-    run: str | Path,
+    data: str | Path | None = None,
+    run: str | Path | None = None,
     preset: str = "tiny",
     chunks: int = 1,
     iters_per_chunk: int = 1000,
@@ -71,28 +77,47 @@ def train_flow(
     grad_accum: int | None = None,
     learning_rate: float | None = None,
     keep_last: int = 3,
+    gpus: int = 1,
 ) -> str:
-    """Train (or resume, or extend) the run in `run` on the tokens in `data`; return the run folder."""
-    data, run = str(data), str(run)
+    """Train (or resume, or extend) the run in `run` (default DATA/runs/default) on the tokens in `data` (default
+    DATA/tokens) on `gpus` processes; return the run folder."""
+    settings = get_settings()
+    data = str(data) if data is not None else str(settings.data_dir / "tokens")
+    run = str(run) if run is not None else str(settings.runs_dir / "default")
     init_from = str(init_from) if init_from is not None else None
     check_train_args(data, run, preset, chunks, iters_per_chunk, seed, init_from, device, compile, eval_interval,
-                     eval_iters, batch_size, grad_accum, learning_rate, keep_last)
+                     eval_iters, batch_size, grad_accum, learning_rate, keep_last, gpus)
     info = prepare_run_task(data, run, preset, chunks, iters_per_chunk, seed, init_from, batch_size, grad_accum,
                             learning_rate, eval_interval, eval_iters, device)
     logger = get_run_logger()
     if not info["todo"]:
         logger.info("run %s: all %d chunks already trained", run, info["chunks"])
+        _final_curve(run)
         return run
     done = threading.Event()
+    curve_is_current = False  # did the last chunk task of this flow run draw and publish the curve?
     # Prefect's flow engine installed its own SIGTERM handler; ours replaces it while chunks run
     with stop_on_signals(STOP):
         watcher = _watch_cancellation(STOP, done)
         try:
             for chunk in info["todo"]:
-                train_chunk_task(run, chunk, data=data, device=device, compile=compile, eval_interval=eval_interval,
-                                 eval_iters=eval_iters, keep_last=keep_last)
+                curve_is_current = False
+                state = train_chunk_task(run, chunk, data=data, device=device, compile=compile, eval_interval=eval_interval,
+                                         eval_iters=eval_iters, keep_last=keep_last, gpus=gpus, return_state=True)
+                summary = state.result()  # raises the chunk's failure
+                curve_is_current = not summary.get("skipped") and state.name != "Cached"
         finally:
             done.set()
             if watcher is not None:
                 watcher.join(timeout=1)
+            if not curve_is_current:  # nothing drawn yet in this run, or stopped mid-chunk
+                _final_curve(run)
     return run
+
+
+def _final_curve(run: str) -> None:
+    """The loss curve at the end of the flow; a plot never fails (nor masks) the run's outcome."""
+    try:
+        loss_curve_task(run)
+    except Exception as e:  # noqa: BLE001 - e.g. no new task runs while the flow run is cancelling
+        get_run_logger().warning("loss curve for %s not drawn: %s", run, e)

@@ -13,52 +13,63 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.report import count, publish_markdown, publish_table, run_name, short
+from flows.runners import final_state, stage_runner
 from model.atomic import clean_stale_temps
 from model.errors import CookError
-from tasks.unparquet import check_unparquet_args, output_path, source_fingerprint, unparquet_task
 from tasks.caching import FLOW_RESULTS
+from tasks.settings import SOURCE_DIRS, get_settings
+from tasks.unparquet import check_unparquet_args, output_path, source_fingerprint, unparquet_task
 
 __all__ = ["check_unparquet_args", "unparquet_flow"]
 
 MAX_WORKERS = 2  # files converted at once: each holds one record batch per column in memory
 
 
-@flow(name="unparquet", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), **FLOW_RESULTS)
-def unparquet_flow(sources: list[str], out: str, fmt: str = "parquet", column: str = "text") -> dict:
-    """Convert every parquet file in `sources` into `out`; return the run's summary.
+def _run_name(p: dict) -> str:
+    srcs = p.get("sources") or []
+    what = short(srcs[0]) if len(srcs) == 1 else count(len(srcs), "source")
+    return f"unparquet {what} -> {short(p['out'])} ({p.get('fmt')})"
 
+
+@flow(name="unparquet", flow_run_name=run_name("unparquet", _run_name), task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), **FLOW_RESULTS)
+def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parquet", column: str = "text", dask: str | None = None) -> dict:
+    """Convert every parquet file in `sources` into `out` (default DATA/cosmopedia); return the run's summary.
+
+    One task per file, MAX_WORKERS at a time; with `dask` (an address or "local"; default COOK_DASK_ADDRESS,
+    see flows/runners.py) the files are spread over the Dask cluster's workers instead.
     Raises CookError (after every file was tried) when any file failed.
     """
+    out = out if out is not None else str(get_settings().data_dir / SOURCE_DIRS["parquet"])
     files = check_unparquet_args(sources, out, fmt, column)
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_dir)  # temp files of a crashed earlier run
     logger = get_run_logger()
 
-    futures = []
-    for src in files:
-        name = output_path(src, out_dir, fmt).name
-        futures.append(
-            unparquet_task.with_options(task_run_name=f"unparquet {name}").submit(
-                src, str(out_dir), fmt, column, fingerprint=source_fingerprint(src)
-            )
-        )
-    ok, failed, cached = [], [], 0
-    for src, fut in zip(files, futures):
-        fut.wait()
-        state = fut.state
+    with stage_runner(dask) as runner:
+        futures = []
+        for src in files:
+            name = output_path(src, out_dir, fmt).name
+            futures.append(runner.submit(unparquet_task.with_options(task_run_name=f"unparquet {name}"),
+                                         src, str(out_dir), fmt, column, fingerprint=source_fingerprint(src)))
+        states = [final_state(fut) for fut in futures]
+    ok, failed, cached, rows = [], [], 0, []
+    for src, state in zip(files, states):
         if state.is_completed():
-            ok.append(state.result())
+            r = state.result()
+            ok.append(r)
             cached += state.name == "Cached"
+            rows.append(file_row(r, "cached" if state.name == "Cached" else "converted"))
         else:
             exc = state.result(raise_on_failure=False)
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if isinstance(exc, BaseException) else state.message
             if not isinstance(exc, CookError):
                 reason = f"{src}: {type(exc).__name__}: {reason}"
             failed.append({"src": src, "reason": reason})
+            rows.append(file_row({"src": src, "out": None}, "failed", reason))
 
     summary = {
         "out": str(out_dir),
@@ -70,7 +81,7 @@ def unparquet_flow(sources: list[str], out: str, fmt: str = "parquet", column: s
         **{k: sum(r[k] for r in ok) for k in ("rows", "written", "null_or_empty", "bytes_in_text")},
         "outputs": [r["out"] for r in ok],
     }
-    _publish(summary, ok)
+    _publish(summary, ok, rows)
     logger.info(
         "unparquet: %d of %d files ok (%d converted, %d cached), %d failed; %d documents, %d null or empty skipped, %.1f MB of text -> %s",
         len(ok), len(files), summary["converted"], cached, len(failed), summary["written"], summary["null_or_empty"],
@@ -81,8 +92,17 @@ def unparquet_flow(sources: list[str], out: str, fmt: str = "parquet", column: s
     return summary
 
 
-def _publish(summary: dict, ok: list[dict]) -> None:
-    """A markdown artifact: totals, then one row per file, failures with their reason."""
+def file_row(r: dict, state: str, reason: str = "") -> dict:
+    """A table row for one input file: its output, state (converted, cached, failed) and counts."""
+    text = r.get("bytes_in_text")
+    return {"file": str(r["src"]), "output": Path(r["out"]).name if r.get("out") else None, "state": state,
+            "rows": r.get("rows"), "written": r.get("written"), "null_or_empty": r.get("null_or_empty"),
+            "text_mb": round(text / 1e6, 3) if text is not None else None, "reason": reason}
+
+
+def _publish(summary: dict, ok: list[dict], rows: list[dict]) -> None:
+    """A table with one row per file, and a markdown artifact: totals, one row per file, failures with their reason."""
+    publish_table("unparquet-files", rows, "cook unparquet: one row per input file")
     md = [
         f"# unparquet -> `{summary['out']}` ({summary['format']})",
         "",
@@ -97,7 +117,4 @@ def _publish(summary: dict, ok: list[dict]) -> None:
         md.append(f"| {r['src']} | {Path(r['out']).name} | {r['rows']} | {r['written']} | {r['null_or_empty']} | {r['bytes_in_text'] / 1e6:.2f} |")
     if summary["failed"]:
         md += ["", "## Failed", ""] + [f"- {f['reason']}" for f in summary["failed"]]
-    try:
-        create_markdown_artifact(key="unparquet-summary", markdown="\n".join(md), description="cook unparquet summary")
-    except Exception:  # the artifact is a nicety: never fail the run over it
-        pass
+    publish_markdown("unparquet-summary", md, "cook unparquet summary")

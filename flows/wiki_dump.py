@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
+from flows.report import publish_markdown, publish_table, run_name, short
+from flows.runners import final_state, stage_runner
 from model.atomic import clean_stale_temps
-from tasks.settings import get_settings
-from tasks.wikidump import check_wiki_dump_args, dump_titles, read_dump_task
 from tasks.caching import FLOW_RESULTS
+from tasks.settings import get_settings
+from tasks.wikidump import check_wiki_dump_args, dump_titles, newest_dump, read_dump_task
 
 __all__ = ["check_wiki_dump_args", "wiki_dump_flow", "default_out"]
 
@@ -24,9 +26,22 @@ def default_out() -> Path:
     return get_settings().data_dir / "wikipedia-dump"
 
 
-@flow(name="wiki-dump", **FLOW_RESULTS)
-def wiki_dump_flow(dump: str, out: str | None = None, workers: int | None = None, fetch: bool = False) -> dict:
-    """Read `dump` into document shards in `out` (default DATA/wikipedia-dump); return the summary."""
+def _run_name(p: dict) -> str:
+    out = short(p["out"]) if p.get("out") else "wikipedia-dump"
+    dump = short(p["dump"]) if p.get("dump") else "newest dump"
+    return f"wiki-dump {dump} -> {out}" + (" (fetch titles)" if p.get("fetch") else "")
+
+
+@flow(name="wiki-dump", flow_run_name=run_name("wiki-dump", _run_name), **FLOW_RESULTS)
+def wiki_dump_flow(dump: str | None = None, out: str | None = None, workers: int | None = None, fetch: bool = False,
+                   dask: str | None = None) -> dict:
+    """Read `dump` (default: the newest pages-articles dump under DATA/dumps) into document shards in `out`
+    (default DATA/wikipedia-dump); return the summary.
+
+    `dask`: read on a Dask worker (an address or "local"; default COOK_DASK_ADDRESS, see flows/runners.py); a
+    Dask worker may not start processes, so there the dump is parsed in the worker's own process.
+    """
+    dump = dump if dump is not None else str(newest_dump())
     path = check_wiki_dump_args(dump, out, workers)
     out_dir = Path(out) if out is not None else default_out()
     out_dir = out_dir.resolve()
@@ -35,7 +50,10 @@ def wiki_dump_flow(dump: str, out: str | None = None, workers: int | None = None
     logger = get_run_logger()
     if fetch:
         return _fetch(path, out_dir, workers, logger)
-    summary = read_dump_task.with_options(task_run_name=f"read {path.name}")(path.resolve(), str(out_dir), workers)
+    with stage_runner(dask) as runner:
+        state = final_state(runner.submit(read_dump_task.with_options(task_run_name=f"read {path.name}"),
+                                          path.resolve(), str(out_dir), workers))
+    summary = state.result()
     _publish(summary)
     skipped = summary["skipped"]
     logger.info(
@@ -56,18 +74,33 @@ def _fetch(path: Path, out_dir: Path, workers: int | None, logger) -> dict:
     failed = result.get("failed") or []
     logger.info("wiki-dump --fetch: %s fetched, %s already done, %d failed -> %s",
                 result.get("fetched"), result.get("skipped_done"), len(failed), out_dir)
-    try:
-        create_markdown_artifact(
-            key="wiki-dump-fetch-summary", description="cook scrape wiki-dump --fetch summary",
-            markdown=f"# wiki-dump --fetch `{path.name}` -> `{out_dir}`\n\n- fetched: {result.get('fetched')}\n"
-                     f"- already done: {result.get('skipped_done')}\n- failed: {len(failed)}",
-        )
-    except Exception:
-        pass
+    publish_markdown(
+        "wiki-dump-fetch-summary",
+        f"# wiki-dump --fetch `{path.name}` -> `{out_dir}`\n\n- fetched: {result.get('fetched')}\n"
+        f"- already done: {result.get('skipped_done')}\n- failed: {len(failed)}",
+        "cook scrape wiki-dump --fetch summary",
+    )
+    publish_table("wiki-dump-fetch", [{"dump": path.name, "fetched": result.get("fetched"), "already_done": result.get("skipped_done"),
+                                       "failed": len(failed)}], "cook scrape wiki-dump --fetch: pages fetched")
     return {"dump": str(path), "out": str(out_dir), "fetch": True, "truncated": False, **result}
 
 
+def shard_rows(s: dict) -> list[dict]:
+    """One table row per output shard: its articles and MB on disk."""
+    rows = []
+    for name in s["shards"]:
+        path = Path(s["out"]) / name
+        try:
+            articles, mb = pq.ParquetFile(path).metadata.num_rows, round(path.stat().st_size / 1e6, 3)
+        except Exception:  # a shard gone since: the table says so rather than failing the run
+            articles, mb = None, None
+        rows.append({"shard": name, "articles": articles, "mb": mb})
+    return rows
+
+
 def _publish(s: dict) -> None:
+    """A table with one row per shard, and a markdown summary: pages seen and kept, what was skipped and why."""
+    publish_table("wiki-dump-shards", shard_rows(s), "cook scrape wiki-dump: articles per output shard")
     md = [
         f"# wiki-dump `{Path(s['dump']).name}` -> `{s['out']}`",
         "",
@@ -76,7 +109,4 @@ def _publish(s: dict) -> None:
         f"- truncated: {'**yes** (' + s['truncation'] + ')' if s['truncated'] else 'no'}",
         f"- XML: {s['xml_mb']:.1f} MB in {s['seconds']:.1f} s; shards: {len(s['shards'])}",
     ]
-    try:
-        create_markdown_artifact(key="wiki-dump-summary", markdown="\n".join(md), description="cook scrape wiki-dump summary")
-    except Exception:  # a nicety: never fail the run over it
-        pass
+    publish_markdown("wiki-dump-summary", md, "cook scrape wiki-dump summary")

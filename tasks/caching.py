@@ -96,7 +96,10 @@ class OutputsCache(CachePolicy):
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         outs = [Path(p) for p in self.outputs(inputs)]
-        kept = {k: v for k, v in inputs.items() if k not in self.exclude}
+        out_names = {str(p.resolve()) for p in outs}
+        # an output passed as an input counts by its name: its content is what the task makes, not what it takes
+        kept = {k: (str(Path(v).resolve()) if isinstance(v, (str, os.PathLike)) and v and str(Path(v).resolve()) in out_names else v)
+                for k, v in inputs.items() if k not in self.exclude}
         task_name = getattr(getattr(task_ctx, "task", None), "name", "task")
         key = "cook-" + stable_hash({"task": task_name, "v": self.version, "in": kept, "out": [str(p.resolve()) for p in outs]})
         if not all(p.exists() for p in outs):

@@ -71,7 +71,8 @@ def retry_after(value: str | None) -> float | None:
 
 
 class PoliteClient:
-    """GET within a host's concurrency and rate limits, with retries. Thread-safe: share one per host.
+    """GET within a host's concurrency and rate limits, with retries. Thread-safe: share one per host. On a
+    Prefect server, also within the host's limits shared by every run (`cook server-setup`, tasks/limits.py).
 
     `get(url, params, parse)` returns `parse(response)` (default: the response itself); `parse` may raise
     `Retry` to have the request tried again. Raises FetchError once `retries` are spent, or at once for
@@ -81,12 +82,14 @@ class PoliteClient:
     def __init__(self, *, user_agent: str | None = None, concurrency: int = 4, rate_limit: float = 10.0,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, max_wait: float = 120.0,
                  headers: dict[str, str] | None = None):
+        from tasks.limits import HostLimits
         from tasks.settings import get_settings
 
         self.concurrency = concurrency
         self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
-        self.limiter = RateLimiter(rate_limit)
-        self._slots = threading.BoundedSemaphore(concurrency)
+        # this client's own limits, plus each host's global limits on a Prefect server (tasks/limits.py)
+        self.limits = HostLimits(concurrency, rate_limit)
+        self.limiter = self.limits.limiter
         self.http = httpx.Client(
             headers={"User-Agent": user_agent or get_settings().user_agent, "Accept-Encoding": "gzip", **(headers or {})},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -111,8 +114,7 @@ class PoliteClient:
         reason = ""
         for attempt in range(self.retries + 1):
             wait = self._backoff(attempt)
-            with self._slots:  # at most `concurrency` in flight, each start within the rate
-                self.limiter.acquire()
+            with self.limits.slot(url):  # at most `concurrency` in flight, each start within the rate
                 self.stats["requests"] += 1
                 try:
                     r = self.http.get(url, params=params)

@@ -38,10 +38,20 @@ from model.atomic import atomic_dir, atomic_write
 from model.errors import CookError
 from tasks.caching import PERSISTED, OutputsCache
 from tasks.dedup import ExactDedup, MinHashDedup, text_key
-from tasks.documents import (REJECTS_DIR, REQUIRED, SCHEMA, TEXT_SEPARATOR, escape_text, expand_inputs, is_text_documents, open_documents,
-                             read_text_documents)
+from tasks.documents import (
+    REJECTS_DIR,
+    REQUIRED,
+    SCHEMA,
+    TEXT_SEPARATOR,
+    escape_text,
+    expand_inputs,
+    is_text_documents,
+    open_documents,
+    read_text_documents,
+)
 from tasks.filters import check_languages, default_filters, first_rejections, normalize
 from tasks.progress import progress
+from tasks.spawn import can_spawn
 
 FORMATS = ("parquet", "text")
 MIN_CHARS = 100
@@ -305,14 +315,15 @@ def _with_verdicts(batches: Iterator, judge_args: tuple, workers: int) -> Iterat
 
     With workers > 1 filters and signatures are computed in worker processes, a few batches ahead;
     the order of the results (and so every decision after them) is the same as with one. Filters
-    see each document's `source` and `text`.
+    see each document's `source` and `text`. A daemonic process (a Dask worker) may not start
+    processes: there the work stays in-process.
     """
 
     def job(docs, texts):
         live = [i for i, t in enumerate(texts) if t.strip()]
         return live, [{"source": docs[i].get("source"), "text": texts[i]} for i in live]
 
-    if workers <= 1:
+    if workers <= 1 or not can_spawn():
         _init_worker(*judge_args)
         for docs, texts in batches:
             live, todo = job(docs, texts)

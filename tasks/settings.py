@@ -24,12 +24,24 @@ class Settings(BaseSettings):
     youtube_url: str = "https://www.youtube.com"
     hf_endpoint: str = "https://huggingface.co"
 
+    # run the CPU-heavy stages on Dask: a scheduler address (tcp://host:8786), "local", or unset (flows/runners.py)
+    dask_address: str | None = None
+
     youtube_api_key: SecretStr | None = None
     hf_token: SecretStr | None = None
 
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
+
+    def source_dirs(self) -> list[Path]:
+        """The gathered-documents folders under the data dir that exist: what a merge takes by default."""
+        return [self.data_dir / d for d in SOURCE_DIRS.values() if (self.data_dir / d).is_dir()]
+
+
+# each source's folder under the data dir (the scrapers' and converters' default `out`)
+SOURCE_DIRS = {"wikipedia": "wikipedia", "britannica": "britannica", "youtube": "youtube", "wiki-dump": "wikipedia-dump",
+               "parquet": "cosmopedia", "pydoc": "pydoc"}
 
 
 @lru_cache(maxsize=1)

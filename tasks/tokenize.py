@@ -24,6 +24,7 @@ from model.tokenizer import Tokenizer, default_threads, encode_stream, get_token
 from tasks.caching import PERSISTED, OutputsCache, file_fingerprint
 from tasks.documents import expand_inputs, iter_texts
 from tasks.progress import progress
+from tasks.spawn import can_spawn
 
 DTYPES = ("auto", "uint16", "uint32")
 BATCH_CHARS = 4 << 20  # text encoded per batch: large enough to keep every core busy, small enough to stay flat
@@ -94,10 +95,13 @@ def tokenize_corpus(
     dtype: str = "auto",
     shard_tokens: int = 100_000_000,
     num_threads: int | None = None,
+    processes: bool | None = None,
 ) -> Path:
     """Tokenize `inputs` (document parquet files / .txt, folders, globs) into `out`; return `out`.
 
     Writes `train_NNNNNN.bin`, `val_NNNNNN.bin`, `tokenizer/` and, last, `meta.json`.
+    `processes`: encode in spawned processes (default: from PROCESS_MIN_BYTES of text on); never inside a
+    daemonic process such as a Dask worker, which may not start any: threads there. The output is the same.
     """
     out = Path(out)
     files = check_tokenize_args(inputs, encoding, dtype, tokenizer_dir)
@@ -107,6 +111,9 @@ def tokenize_corpus(
         raise CookError(f"shard size must be at least 1 token (got {shard_tokens})")
     threads = num_threads or default_threads()
     total_bytes = sum(_text_bytes(f) for f in files)
+    if processes is None:
+        processes = total_bytes >= PROCESS_MIN_BYTES
+    processes = processes and can_spawn()
 
     if tokenizer_dir is not None:
         tok = load_tokenizer(tokenizer_dir)
@@ -126,7 +133,7 @@ def tokenize_corpus(
 
     with atomic_dir(out) as tmp:
         tok.save(tmp / TOKENIZER_SUBDIR)
-        stats = _write_splits(files, tok, tmp, np_dtype, shard_tokens, val_fraction, threads, total_bytes)
+        stats = _write_splits(files, tok, tmp, np_dtype, shard_tokens, val_fraction, threads, total_bytes, processes)
         meta = {
             "format": 1,
             "encoding": tok.name,
@@ -146,7 +153,8 @@ def tokenize_corpus(
     return out
 
 
-def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: int, val_fraction: float, threads: int, total_bytes: int) -> dict:
+def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: int, val_fraction: float, threads: int, total_bytes: int,
+                  processes: bool) -> dict:
     """Stream every document through the tokenizer into train/val shard writers."""
     writers = {s: ShardWriter(folder, s, np_dtype, shard_tokens) for s in ("train", "val")}
     docs = {"train": 0, "val": 0}
@@ -182,7 +190,7 @@ def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: i
             yield batch
 
     with progress("tokenize", total=total_bytes) as bar:
-        for texts, encoded in encode_stream(tok, batches(), threads, processes=total_bytes >= PROCESS_MIN_BYTES):
+        for texts, encoded in encode_stream(tok, batches(), threads, processes=processes):
             to_val, n_bytes = [], 0
             for text in texts:
                 data = text.encode("utf-8", "surrogatepass")

@@ -42,6 +42,7 @@ from model.errors import CookError
 from tasks.documents import SCHEMA as DOC_SCHEMA
 from tasks.documents import DocumentWriter, read_documents
 from tasks.progress import progress
+from tasks.spawn import can_spawn
 from tasks.wikitext import clean_wikitext
 
 __all__ = [
@@ -118,6 +119,17 @@ def read_index_offsets(index: Path) -> list[int]:
     if not offsets:
         raise CookError(f"{index}: empty multistream index")
     return offsets
+
+
+def newest_dump() -> Path:
+    """The newest `*pages-articles*.xml[.bz2]` under DATA/dumps: what a deployment reads when given no dump."""
+    from tasks.settings import get_settings
+
+    folder = get_settings().data_dir / "dumps"
+    found = [p for pat in ("*pages-articles*.xml", "*pages-articles*.xml.bz2") for p in folder.glob(pat)]
+    if not found:
+        raise CookError(f"no dump given and none in {folder} (download a *pages-articles*.xml.bz2 there, or pass one)")
+    return max(found, key=lambda p: (p.stat().st_mtime, p.name))
 
 
 def check_wiki_dump_args(dump: str, out: str | None = None, workers: int | None = None) -> Path:
@@ -423,13 +435,14 @@ def iter_dump_tables(
     """Yield `(documents table, counts)` per work item, in dump order. The last counts carry `truncated` and
     `reason` for the whole dump. `on_bytes(n)` is told each time more compressed bytes were read.
 
-    `processes`: work in `workers` processes (default: when the dump is at least PROCESS_MIN_BYTES)."""
+    `processes`: work in `workers` processes (default: when the dump is at least PROCESS_MIN_BYTES); never in a
+    daemonic process (a Dask worker), which may not start any: there the work stays in-process."""
     path = Path(dump)
     lang = dump_lang(path)
     workers = workers or default_workers()
     if processes is None:
         processes = path.stat().st_size >= PROCESS_MIN_BYTES
-    if not processes:
+    if not processes or not can_spawn():
         workers = 1
     index = find_index(path) if use_index else None
     final = {"truncated": False, "reason": ""}

@@ -174,8 +174,7 @@ class DataAPI(PoliteClient):
             if self.units + 1 > self.budget:
                 raise QuotaExhausted(f"the run's quota budget of {self.budget} units is spent")
             wait = self._backoff(attempt)
-            with self._slots:
-                self.limiter.acquire()
+            with self.limits.slot(url):
                 self.units += 1
                 self.stats["requests"] += 1
                 try:
@@ -434,9 +433,14 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
                 on_video: Callable[[], None] | None = None) -> dict:
     """Fetch these videos' transcripts with `concurrency` threads into parquet parts under `out`, recording each
     outcome in the ledger. Returns {fetched, failed: {state: n}, skipped, blocked_streak, stopped}."""
+    from tasks.limits import HostLimits
+    from tasks.settings import get_settings
+
     opts = opts or YouTubeOptions()
     out = Path(out)
     guard = BlockGuard(opts.max_blocked, opts.blocked_backoff_s, blocked_streak)
+    site = youtube_url or get_settings().youtube_url
+    limits = HostLimits(concurrency, None)  # plus youtube.com's global concurrency across runs (tasks/limits.py)
     local = threading.local()
     proxy_secrets = _proxy_secrets(opts)
     failed: dict[str, int] = {}
@@ -464,7 +468,8 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
                 local.api = make_transcript_api(opts, youtube_url)
             for attempt in range(opts.retries + 1):
                 try:
-                    text, lang, gen = fetch_transcript(local.api, vid, languages)
+                    with limits.slot(site):
+                        text, lang, gen = fetch_transcript(local.api, vid, languages)
                 except Exception as e:  # noqa: BLE001 - every failure is classified and recorded
                     state, again, reason = classify(e)
                     if again and attempt < opts.retries and not guard.stop.is_set():

@@ -9,14 +9,22 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-
 from fake_britannica import BOILERPLATE, MARK, FakeBritannica, FakeSite
+from scraped import docs_in, token_f1
+
 from model.errors import CookError
-from tasks.britannica import (DEFAULT_QUERIES, LEDGER_NAME, RESULT_SELECTORS, SOURCE, Crawler, check_scrape_britannica_args,
-                              extract_article, parse_search)
+from tasks.britannica import (
+    DEFAULT_QUERIES,
+    LEDGER_NAME,
+    RESULT_SELECTORS,
+    SOURCE,
+    Crawler,
+    check_scrape_britannica_args,
+    extract_article,
+    parse_search,
+)
 from tasks.documents import REQUIRED
 from tasks.ledger import Ledger
-from scraped import docs_in, token_f1
 
 pytestmark = pytest.mark.timeout(120)
 

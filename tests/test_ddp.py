@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from chardata import make_char_data
 from safetensors.torch import load_file
 
 from model.train import train_worker
-
-from chardata import make_char_data
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = dict(preset="tiny", chunks=2, iters_per_chunk=4, seed=5, grad_accum=2, eval_interval=4, eval_iters=2)

@@ -12,7 +12,7 @@ from prefect import flow, task
 from model.atomic import atomic_dir, atomic_write, clean_stale_temps
 from model.errors import CookError
 from tasks.caching import OutputsCache, file_fingerprint
-from tasks.documents import DocumentWriter, REQUIRED, expand_inputs, iter_texts, read_documents, write_documents
+from tasks.documents import REQUIRED, DocumentWriter, expand_inputs, iter_texts, read_documents, write_documents
 from tasks.settings import Settings
 
 
@@ -150,9 +150,9 @@ def test_file_fingerprint_sees_content(tmp_path):
 
 @flow
 def counting_flow(n: int) -> None:
-    from tasks.progress import progress
-
     from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.progress import progress
 
     with progress("counting", total=n) as bar, ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda _: bar.advance(1), range(n)))  # worker threads report too

@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.errors import CookError
-from tasks.documents import SCHEMA, write_documents
+from tasks.documents import SCHEMA, read_text_documents, write_documents
 from tasks.merge import check_merge_args, merge_documents, parse_size
-from tasks.documents import read_text_documents
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,7 +25,6 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
 def _vocabulary() -> list[str]:
     import re
-
     from pydoc_data.topics import topics
 
     return sorted({w for t in topics.values() for w in re.findall(r"[a-z]{3,12}", t)})

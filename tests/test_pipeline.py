@@ -68,3 +68,40 @@ def test_cosmopedia_path_end_to_end(cook, tmp_path):
     for t, k in zip(sorted(texts), sorted(kept)):
         assert t == k, (t[:300], k[:300])
     assert meta["splits"]["val"]["documents"] >= 1
+
+
+def _stages(stdout_and_logs: str) -> dict[str, str]:
+    """stage -> ran/unchanged, from the pipeline's closing log line."""
+    line = next(ln for ln in stdout_and_logs.splitlines() if " - pipeline: gather " in ln)
+    body = line.split(" - pipeline: ", 1)[1].rsplit(" -> ", 1)[0]
+    return {part.rsplit(" ", 1)[0]: part.rsplit(" ", 1)[1] for part in body.split(", ")}
+
+
+def test_pipeline_skips_unchanged_stages(cook, cook_env, tmp_path):
+    """`cook pipeline` twice: everything is unchanged the second time; a new source re-runs merge, tokenize and
+    training (into a new run, named after the new tokens) while the old source's gathering stays skipped."""
+    args = ["pipeline", "--source", "pydoc", "--chunks", "1", "--iters-per-chunk", "10"]
+    first = cook(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _stages(first.stdout + first.stderr) == {"gather pydoc": "ran", "merge": "ran", "tokenize": "ran", "train": "ran"}
+    data = Path(cook_env["COOK_DATA_DIR"])
+    runs = sorted(p.name for p in (data / "runs").iterdir())
+    assert len(runs) == 1 and (data / "runs" / runs[0] / "checkpoints" / "chunk_000001" / "model.safetensors").is_file()
+
+    again = cook(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(_stages(again.stdout + again.stderr).values()) == {"unchanged"}
+
+    cosmo = _cosmo(tmp_path / "cosmo" / "train-00000-of-00001.parquet", _prose(12, 5),
+                   ["prompt", "text", "text_token_length", "seed_data", "format", "audience"])
+    more = cook(args + ["--source", "parquet", "--parquet", str(cosmo)])
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert _stages(more.stdout + more.stderr) == {"gather pydoc": "unchanged", "gather parquet": "ran", "merge": "ran",
+                                                  "tokenize": "ran", "train": "ran"}
+    assert len(list((data / "runs").iterdir())) == 2
+    assert json.loads((data / "merged" / "stats.json").read_text())["sources"].keys() >= {"pydoc", "cosmopedia"}
+
+
+def test_pipeline_bad_input_is_one_line(cook):
+    r = cook(["pipeline", "--source", "wiki-dump"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: source wiki-dump needs dumps (paths to pages-articles XML dumps)"]

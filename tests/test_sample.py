@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from chardata import make_char_data
 
+from flows.sample import sample_text
 from model.errors import CookError
 from model.train import train_worker
-from flows.sample import sample_text
-
-from chardata import make_char_data
 
 
 @pytest.fixture(scope="module")

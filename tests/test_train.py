@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from chardata import make_char_data
 from safetensors.torch import load_file
 
 from model.checkpoint import load_model_file, read_state
@@ -22,8 +23,6 @@ from model.errors import CookError
 from model.gpt import GPT, GPTConfig
 from model.train import lr_at, prepare_run, read_run, train_worker
 from tasks.train import check_train_args
-
-from chardata import make_char_data
 
 REPO = Path(__file__).resolve().parents[1]
 # the reference run: 3 chunks; the subprocess test must use the very same flags

@@ -398,6 +398,7 @@ def test_hub_paths_read_through_the_hub(cosmo, monkeypatch, tmp_path):
     import shutil
 
     from fixtures_hub import FakeHub
+
     from flows.unparquet import unparquet_flow
     from tasks.settings import get_settings
 

@@ -12,7 +12,12 @@ import pytest
 
 from model.errors import CookError
 from tasks.wikidump import (
-    check_wiki_dump_args, dump_lang, extract_dump, find_index, iter_dump_documents, read_output,
+    check_wiki_dump_args,
+    dump_lang,
+    extract_dump,
+    find_index,
+    iter_dump_documents,
+    read_output,
 )
 from tests.dumpgen import CLUTTER, bomb_xml, external_entity_xml, make_pages, write_dump
 

@@ -15,13 +15,13 @@ from urllib.parse import quote
 
 import pyarrow.parquet as pq
 import pytest
-
 from fake_mediawiki import MARK, FakeMediaWiki, FakeWiki
+from scraped import docs_in, token_f1
+
 from model.errors import CookError
 from tasks.documents import REQUIRED
 from tasks.ledger import Ledger
 from tasks.wikipedia import DEFAULT_QUERIES, LEDGER_NAME, Crawler, check_scrape_wikipedia_args, extract_text, fetch_pages
-from scraped import docs_in, token_f1
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -14,14 +14,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from fake_youtube import CUES, FakeWorld, FakeYouTube, channel_id
+from scraped import docs_in
+
 from model.errors import CookError
 from tasks.documents import REQUIRED
-from tasks.youtube import (DEFAULT_CHANNELS, LEDGER_NAME, SECRET_BLOCK, check_scrape_youtube_args, clean_segments, reconcile,
-                           resolve_api_key)
+from tasks.youtube import (
+    DEFAULT_CHANNELS,
+    LEDGER_NAME,
+    SECRET_BLOCK,
+    check_scrape_youtube_args,
+    clean_segments,
+    reconcile,
+    resolve_api_key,
+)
 from tasks.youtube_ledger import YouTubeLedger
-from scraped import docs_in
 
 pytestmark = pytest.mark.timeout(120)
 
