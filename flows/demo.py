@@ -38,7 +38,8 @@ def demo_flow(iters_per_chunk: int = 800, chunks: int = 2) -> dict:
                   "cook demo: train and val loss at each evaluation")
     return {"sample": text, "losses": losses,
             "paths": {"corpus": str(corpus), "tokens": str(tokens), "run": str(run),
-                      "checkpoints": str(run / "checkpoints"), "metrics": str(run / "metrics.jsonl")}}
+                      "checkpoints": str(run / "checkpoints"), "metrics": str(run / "metrics.jsonl"),
+                      "loss curve": str(run / "loss.png")}}
 
 
 def _losses(metrics: Path) -> list[dict]:
