@@ -214,6 +214,7 @@ def scrape_youtube(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/youtube]."),
     concurrency: int = typer.Option(4, "--concurrency", help="Transcript fetches in flight at most."),
     quota: int = typer.Option(10000, "--quota", help="YouTube Data API units to spend at most in this run."),
+    refresh_after: float = typer.Option(20.0, "--refresh-after", min=0, help="Check channels listed more than HOURS ago for new uploads (0: every run)."),
 ) -> None:
     """Collect YouTube transcripts of channels' uploads; resumes exactly where it stopped."""
     _prepare_env()
@@ -227,7 +228,7 @@ def scrape_youtube(
         check_scrape_youtube_args(**kwargs)
     except CookError as e:
         user_error(e, EXIT_USAGE)
-    r = _run(scrape_youtube_flow, **kwargs)
+    r = _run(scrape_youtube_flow, **kwargs, refresh_after_hours=refresh_after)
     typer.echo(f"youtube: {r['fetched']} transcripts fetched into {r['out']} ({r['new_videos']} new videos, "
                f"{r['api_units']} API units of {r['quota']}; ledger: {r['videos']})")
     if r.get("stopped"):

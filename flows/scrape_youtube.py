@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.report import items_label, publish_markdown, publish_table, run_name
+from model.errors import CookError
 from tasks.caching import FLOW_RESULTS
 from tasks.progress import progress
 from tasks.settings import get_settings
@@ -44,18 +45,22 @@ def _run_name(p: dict) -> str:
 
 @flow(name="scrape-youtube", flow_run_name=run_name("scrape-youtube", _run_name), **FLOW_RESULTS)
 def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | None = None, languages: list[str] | None = None,
-                        out: str | None = None, concurrency: int = 4, quota: int = 10000, batch_size: int = 200) -> dict:
+                        out: str | None = None, concurrency: int = 4, quota: int = 10000, batch_size: int = 200,
+                        refresh_after_hours: float = 20.0) -> dict:
     """Collect the transcripts of `channels`' uploads (or the built-in list) into document parquet parts under `out`.
 
     Returns the run's summary: out, channels, quota units spent, videos found now, transcripts fetched now,
-    failures by kind, the ledger's totals, and `stopped` ("quota", "blocked" or None) with its message."""
+    failures by kind, the ledger's totals, and `stopped` ("quota", "blocked" or None) with its message.
+    Channels listed to the end more than `refresh_after_hours` ago are checked for new uploads (0: every run)."""
+    if refresh_after_hours < 0:
+        raise CookError(f"refresh_after_hours must be 0 or more (got {refresh_after_hours})")
     chans, langs = check_scrape_youtube_args(channels, channels_file, languages, out, concurrency, quota, batch_size)
     out_dir = (Path(out) if out else default_out()).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = get_run_logger()
 
     repaired = reconcile(out_dir)
-    listing = list_channels_task(chans, str(out_dir), quota, get_settings().youtube_api_url)
+    listing = list_channels_task(chans, str(out_dir), quota, get_settings().youtube_api_url, refresh_after_hours * 3600.0)
     messages = [listing["message"]] if listing["stopped"] else []
     with YouTubeLedger(out_dir / LEDGER_NAME) as ledger:
         due = [v["video_id"] for v in ledger.due()]

@@ -45,6 +45,7 @@ from tasks.youtube_ledger import YouTubeLedger
 
 SOURCE = "youtube"
 LEDGER_NAME = "ledger.sqlite"
+REFRESH_AFTER_S = 20 * 3600.0  # a listed channel is checked for new uploads once it is this old (a nightly run does)
 SECRET_BLOCK = "youtube-api-key"
 YOUTUBE = "https://www.youtube.com"
 DOC_SCHEMA = pa.schema(list(SCHEMA) + [pa.field("channel", pa.string()), pa.field("language", pa.string()),
@@ -214,11 +215,14 @@ def _video(item: dict) -> dict | None:
     return {"video_id": vid, "title": sn.get("title"), "published_at": cd.get("videoPublishedAt") or sn.get("publishedAt")}
 
 
-def list_channel(api: DataAPI, ledger: YouTubeLedger, channel_id: str) -> dict:
-    """List one channel's uploads into the ledger, from where an earlier run stopped. Returns
-    {channel, state (listed | listed-before | no-uploads | not-found | failed), new}."""
+def list_channel(api: DataAPI, ledger: YouTubeLedger, channel_id: str, refresh_after: float | None = None) -> dict:
+    """List one channel's uploads into the ledger, from where an earlier run stopped; a channel listed to the end
+    more than `refresh_after` seconds ago is checked for new uploads (None: never). Returns
+    {channel, state (listed | refreshed | listed-before | no-uploads | not-found | failed), new}."""
     ch = ledger.channel(channel_id)
     if ch and ch["listed"]:
+        if ch["uploads"] and refresh_after is not None:
+            return _refresh(api, ledger, ch, refresh_after)
         return {"channel": channel_id, "state": "listed-before", "new": 0}
     if not ch or not ch["uploads"]:
         data = api.call("channels", {"part": "contentDetails,snippet", "id": channel_id, "maxResults": "1"})
@@ -232,29 +236,66 @@ def list_channel(api: DataAPI, ledger: YouTubeLedger, channel_id: str) -> dict:
             return {"channel": channel_id, "state": "no-uploads", "new": 0}
         ch = ledger.channel(channel_id)
     assert ch is not None
-    token, new = ch["page_token"], 0
+    token, new, newest = ch["page_token"], 0, None
     while True:
-        params = {"part": "snippet,contentDetails", "playlistId": ch["uploads"], "maxResults": "50"}
-        if token:
-            params["pageToken"] = token
         try:
-            data = api.call("playlistItems", params)
+            data = _uploads_page(api, ch["uploads"], token)
         except ApiError as e:
             if e.status == 404:  # a channel that never uploaded has no uploads playlist
                 ledger.add_page(channel_id, [], None)
                 return {"channel": channel_id, "state": "no-uploads", "new": new}
             raise
         videos = [v for v in map(_video, data.get("items") or []) if v]
+        if token is None:
+            newest = [v["video_id"] for v in videos]  # the playlist is newest first
         token = data.get("nextPageToken") or None
         new += ledger.add_page(channel_id, videos, token)
         if token is None:
+            if newest is not None:
+                ledger.set_frontier(channel_id, newest)
             return {"channel": channel_id, "state": "listed" if new or videos else "no-uploads", "new": new}
 
 
+def _uploads_page(api: DataAPI, playlist: str, token: str | None) -> dict:
+    params = {"part": "snippet,contentDetails", "playlistId": playlist, "maxResults": "50"}
+    if token:
+        params["pageToken"] = token
+    return api.call("playlistItems", params)
+
+
+def _refresh(api: DataAPI, ledger: YouTubeLedger, ch: dict, refresh_after: float) -> dict:
+    """New uploads of a listed channel: pages from the newest down to the first that holds a video of the last
+    complete listing (its frontier), so a nightly run spends about one unit per channel. The frontier moves only
+    when a refresh completes: one cut short by the quota starts again from the top and walks further next time."""
+    cid = ch["channel_id"]
+    frontier = ledger.frontier(cid)
+    since = frontier["at"] if frontier else ch["updated_at"]
+    if time.time() - since < refresh_after:
+        return {"channel": cid, "state": "listed-before", "new": 0}
+    stop = set(frontier["ids"]) if frontier else {v["video_id"] for v in ledger.videos() if v["channel_id"] == cid}
+    token, new, newest = None, 0, None
+    while True:
+        try:
+            data = _uploads_page(api, ch["uploads"], token)
+        except ApiError as e:
+            if e.status == 404:  # the uploads are gone: nothing new
+                ledger.set_frontier(cid, [])
+                return {"channel": cid, "state": "refreshed", "new": new}
+            raise
+        videos = [v for v in map(_video, data.get("items") or []) if v]
+        newest = newest if newest is not None else [v["video_id"] for v in videos]
+        new += ledger.add_page(cid, videos, None, refresh=True)
+        token = data.get("nextPageToken") or None
+        if token is None or any(v["video_id"] in stop for v in videos):
+            ledger.set_frontier(cid, newest)
+            return {"channel": cid, "state": "refreshed", "new": new}
+
+
 def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api_url: str | None = None,
-                  key: str | None = None, **client_kw: Any) -> dict:
-    """List every channel's uploads into `OUT/ledger.sqlite` within `quota` units. A channel that fails is
-    reported and the others go on; the quota ends the listing cleanly. Returns
+                  key: str | None = None, refresh_after: float | None = REFRESH_AFTER_S, **client_kw: Any) -> dict:
+    """List every channel's uploads into `OUT/ledger.sqlite` within `quota` units; channels listed more than
+    `refresh_after` seconds ago are checked for new uploads. A channel that fails is reported and the others
+    go on; the quota ends the listing cleanly. Returns
     {units, stopped (None | "quota"), message, per_channel, new}."""
     key = key or resolve_api_key()
     if not key:
@@ -266,7 +307,7 @@ def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api
             try:
                 for cid in channels:
                     try:
-                        rows.append(list_channel(api, ledger, cid))
+                        rows.append(list_channel(api, ledger, cid, refresh_after))
                     except (ApiError, FetchError) as e:
                         rows.append({"channel": cid, "state": "failed", "new": 0, "error": redact(str(e), key)})
             except QuotaExhausted as e:
@@ -568,9 +609,10 @@ def check_scrape_youtube_args(channels: list[str] | None = None, channels_file: 
 
 
 @task(name="list-youtube-channels", retries=0)
-def list_channels_task(channels: list[str], out: str, quota: int, api_url: str) -> dict:
+def list_channels_task(channels: list[str], out: str, quota: int, api_url: str,
+                       refresh_after: float | None = REFRESH_AFTER_S) -> dict:
     """Prefect wrapper of `list_channels` (the key is resolved inside: it is never a task parameter)."""
-    return list_channels(channels, out, quota, api_url)
+    return list_channels(channels, out, quota, api_url, refresh_after=refresh_after)
 
 
 # Progress bars of running flows, by output folder: batch tasks run in the flow's process and advance it.

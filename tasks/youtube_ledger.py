@@ -14,6 +14,7 @@ arrives, in the same transaction as the channel's next page token.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Iterable
 
@@ -95,19 +96,21 @@ class YouTubeLedger(SqliteFile):
                    "listed = excluded.listed, error = excluded.error, updated_at = excluded.updated_at",
                    [(channel_id, title, uploads, int(listed), error, time.time())])])
 
-    def add_page(self, channel_id: str, videos: list[dict], next_token: str | None) -> int:
+    def add_page(self, channel_id: str, videos: list[dict], next_token: str | None, refresh: bool = False) -> int:
         """One listing page, in one transaction: its videos (new ones pending; known ones untouched) and the
-        channel's next page token (the listing is complete when there is none). Returns how many were new."""
+        channel's next page token (the listing is complete when there is none). Returns how many were new.
+        A `refresh` page (new uploads of a listed channel) adds its videos and leaves the listing state alone."""
         now = time.time()
         with self._lock:
             before = self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
-        self._tx([
-            ("INSERT INTO videos (video_id, channel_id, title, published_at, state, created_at, updated_at) "
-             "VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (video_id) DO NOTHING",
-             [(v["video_id"], channel_id, v.get("title"), v.get("published_at"), now, now) for v in videos]),
-            ("UPDATE channels SET page_token = ?, listed = ?, videos = videos + ?, updated_at = ? WHERE channel_id = ?",
-             [(next_token, int(next_token is None), len(videos), now, channel_id)]),
-        ])
+        insert = ("INSERT INTO videos (video_id, channel_id, title, published_at, state, created_at, updated_at) "
+                  "VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (video_id) DO NOTHING",
+                  [(v["video_id"], channel_id, v.get("title"), v.get("published_at"), now, now) for v in videos])
+        if refresh:
+            self._tx([insert])
+        else:
+            self._tx([insert, ("UPDATE channels SET page_token = ?, listed = ?, videos = videos + ?, updated_at = ? "
+                               "WHERE channel_id = ?", [(next_token, int(next_token is None), len(videos), now, channel_id)])])
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0] - before
 
@@ -170,6 +173,16 @@ class YouTubeLedger(SqliteFile):
         return {p for (p,) in self._query("SELECT DISTINCT part FROM videos WHERE state = 'staged' AND part IS NOT NULL")}
 
     # --- meta --------------------------------------------------------------------------------------
+
+    def frontier(self, channel_id: str) -> dict | None:
+        """{"at": time, "ids": the newest page's video ids} as of the channel's last complete listing or refresh."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (f"frontier:{channel_id}",))
+        return json.loads(rows[0][0]) if rows else None
+
+    def set_frontier(self, channel_id: str, ids: list[str]) -> None:
+        """Record a complete listing or refresh: where the next refresh may stop, and when it is due."""
+        self._tx([("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   [(f"frontier:{channel_id}", json.dumps({"at": time.time(), "ids": ids}))])])
 
     def add_units(self, n: int) -> int:
         """Count Data API units spent (all runs); returns the total."""

@@ -141,6 +141,48 @@ def test_full_run_states_texts_and_rerun(tmp_path, fake_env):
         assert all(ledger.video(v)["state"] == "done" for v in some) and ledger.counts()["staged"] == 0
 
 
+def test_new_uploads_are_picked_up_by_a_later_run(tmp_path, fake_env):
+    """A channel listed to the end is checked again once `refresh_after_hours` have passed (a nightly run): its
+    new uploads (the newest page first) are listed and fetched, with one page per channel, nothing refetched."""
+    from fake_youtube import Video
+
+    from flows.scrape_youtube import scrape_youtube_flow
+
+    world = FakeWorld(n_channels=2, videos_per_channel=60, kinds=("ok",), empty_channel=False)
+    out = tmp_path / "yt"
+    with FakeYouTube(world) as fk:
+        fake_env(fk)
+        s1 = scrape_youtube_flow(channels=list(world.channels), out=str(out))
+        assert s1["fetched"] == 120 and fk.units == 2 + 4  # channels.list each, 2 pages each
+        # within refresh_after_hours: nothing is listed again
+        s2 = scrape_youtube_flow(channels=list(world.channels), out=str(out))
+        assert s2["api_units"] == 0 and s2["fetched"] == 0
+
+        # channel 0 uploads 3 videos (they come first in the uploads playlist); the next night's run
+        c0 = world.channels[channel_id(0)]
+        for j in range(3):
+            vid = f"n{j:02d}newvideo"[:11]
+            world.videos[vid] = Video(vid, c0.channel_id, f"New video {j}", "ok", [f"new segment {j} " + "word " * 5])
+            c0.videos.insert(0, vid)
+        pages_before, texts_before = dict(fk.page_calls), dict(fk.timedtext_counts)
+        s3 = scrape_youtube_flow(channels=list(world.channels), out=str(out), refresh_after_hours=0)
+        assert s3["new_videos"] == 3 and s3["fetched"] == 3 and s3["api_units"] == 2  # the newest page of each channel
+        assert {k: n - pages_before.get(k, 0) for k, n in fk.page_calls.items() if n != pages_before.get(k, 0)} == {
+            (f"UU{cid[2:]}", ""): 1 for cid in world.channels}
+        assert all(fk.timedtext_counts[v] == texts_before[v] for v in texts_before)  # nothing fetched twice
+        assert sorted(vid_of(d) for d in docs_in(out)) == sorted(world.videos)
+
+        # more new uploads than a page holds, and the quota runs out after the first page: the next run goes on
+        for j in range(55):
+            vid = f"m{j:02d}morevideo"[:11]
+            world.videos[vid] = Video(vid, c0.channel_id, f"More {j}", "ok", [f"more segment {j} " + "word " * 5])
+            c0.videos.insert(0, vid)
+        s4 = scrape_youtube_flow(channels=[c0.channel_id], out=str(out), refresh_after_hours=0, quota=1)
+        assert s4["stopped"] == "quota" and s4["fetched"] == 50  # the newest page, listed before the quota ran out
+        s5 = scrape_youtube_flow(channels=[c0.channel_id], out=str(out), refresh_after_hours=0)
+        assert s5["new_videos"] == 5 and s5["fetched"] == 5 and sorted(vid_of(d) for d in docs_in(out)) == sorted(world.videos)
+
+
 # --- 2. SIGKILL and resume through the command line ------------------------------------------------
 
 
