@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_wikipedia.py
 	$(BIN)/python benchmarks/bench_wikidump.py
 	$(BIN)/python benchmarks/bench_youtube.py
+	$(BIN)/python benchmarks/bench_limits.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, tags
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.report import publish_markdown, publish_table
 from model.errors import CookError
 from model.shards import load_meta
 from tasks.caching import FLOW_RESULTS
@@ -201,13 +201,7 @@ def _detail(figures: dict) -> str:
 
 def _publish(summary: dict) -> None:
     """A table of the stages (ran or unchanged, output, figures) and a markdown note with the checkpoint."""
-    try:
-        create_table_artifact(key="pipeline-stages", table=summary["stages"], description="cook pipeline: stages")
-        create_markdown_artifact(
-            key="pipeline-summary",
-            markdown="\n".join([f"# pipeline -> `{summary['checkpoint']}`", "", f"- data: `{summary['data_dir']}`",
-                                f"- run: `{summary['run']}`", ""]
-                               + [f"- **{s['stage']}**: {s['state']} ({s['detail'] or s['output']})" for s in summary["stages"]]),
-            description="cook pipeline summary")
-    except Exception:  # artifacts are a nicety: never fail the run over them
-        pass
+    publish_table("pipeline-stages", summary["stages"], "cook pipeline: stages")
+    publish_markdown("pipeline-summary", "\n".join(
+        [f"# pipeline -> `{summary['checkpoint']}`", "", f"- data: `{summary['data_dir']}`", f"- run: `{summary['run']}`", ""]
+        + [f"- **{s['stage']}**: {s['state']} ({s['detail'] or s['output']})" for s in summary["stages"]]), "cook pipeline summary")
