@@ -15,12 +15,14 @@ ephemeral API (no PREFECT_API_URL) nothing is asked of Prefect at all.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import os
 import re
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import urlsplit
@@ -220,50 +222,71 @@ class HostLimits:
                 return
             host = host_of(url)
             ctx = self._context.copy()  # one copy per request: worker threads cannot share one Context
-            stack = ctx.run(self._acquire, host)
+            lease = ctx.run(self._acquire, host)
             try:
                 yield
             finally:
-                self._release(host, ctx, stack)
+                self._release(host, ctx, lease)
 
-    def _acquire(self, host: str) -> ExitStack:
-        """A global concurrency slot, then this client's rate, then the global rate (in that order, so starts
-        stay spaced after a wait). Each call to the API under the host's lock; a full limit waited for outside it."""
-        from prefect.concurrency.sync import concurrency, rate_limit
-
+    def _acquire(self, host: str) -> str | None:
+        """A global concurrency slot (its lease id), then this client's rate, then the global rate (in that order,
+        so starts stay spaced after a wait). Each call to the API under the host's lock; a full limit (423 and its
+        Retry-After) is waited for outside it, so this process's releases go on."""
         has_conc, has_rate = _REGISTRY.lookup(host, self._api_url or "", self.limiter is not None)
         conc_name, rate_name = limit_names(host)
         lock = _api_lock(host)
-        stack = ExitStack()
-        while has_conc:
-            with lock:
-                try:  # one try (max_retries=0): waiting under the lock would stop this process's releases
-                    stack.enter_context(concurrency(conc_name, max_retries=0, lease_duration=LEASE_S, strict=True,
-                                                    raise_on_lease_renewal_failure=False))
-                    break
-                except Exception as e:  # noqa: BLE001 - full, deleted, or the API is gone
-                    wait = _full_for(e)
-                    if wait is None:  # keep crawling politely, on this client's limits
-                        _REGISTRY.lost(host, e)
-                        has_rate = False
-                        break
-            time.sleep(wait)
+        lease = None
+        if has_conc:
+            lease, ok = _take(lock, host, lambda c: c.increment_concurrency_slots_with_lease(
+                names=[conc_name], slots=1, mode="concurrency", lease_duration=LEASE_S).json()["lease_id"])
+            has_rate = has_rate and ok
         if self.limiter is not None:
             self.limiter.acquire()
-            if has_rate:
-                try:
-                    with lock:  # a rate slot frees itself with time: this wait ends without anyone's release
-                        rate_limit(rate_name, strict=True)
-                except Exception as e:  # noqa: BLE001
-                    _REGISTRY.lost(host, e)
-        return stack
+            if has_rate:  # a rate slot frees itself with time: this wait ends without anyone's release
+                _take(lock, host, lambda c: c.increment_concurrency_slots(names=[rate_name], slots=1, mode="rate_limit"))
+        return lease
 
-    def _release(self, host: str, ctx: contextvars.Context, stack: ExitStack) -> None:
+    def _release(self, host: str, ctx: contextvars.Context, lease: str | None) -> None:
+        if lease is None:
+            return
         try:
             with _api_lock(host):
-                ctx.run(stack.close)
+                ctx.run(lambda: _client().release_concurrency_slots_with_lease(lease))
         except Exception as e:  # noqa: BLE001 - the slot's lease then expires on the server by itself
             _REGISTRY.lost(host, e)
+
+
+def _take(lock: threading.Lock, host: str, call) -> tuple[Any, bool]:
+    """`call(client)` until the limit has room: (its result, True); (None, False) when the limit cannot be used."""
+    while True:
+        with lock:
+            try:
+                return call(_client()), True
+            except Exception as e:  # noqa: BLE001 - full, deleted, or the API is gone
+                wait = _full_for(e)
+                if wait is None:  # keep crawling politely, on this client's limits
+                    _REGISTRY.lost(host, e)
+                    return None, False
+        time.sleep(wait)
+
+
+# One Prefect client per process and API for the slot calls: a fresh client per call would cost a connection and
+# a CSRF-token request each time (tens of ms on every release).
+_CLIENTS: dict[tuple[int, str], Any] = {}
+_CLIENTS_GUARD = threading.Lock()
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    key = (os.getpid(), PREFECT_API_URL.value() or "")
+    with _CLIENTS_GUARD:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = get_client(sync_client=True).__enter__()
+            atexit.register(client.__exit__, None, None, None)
+        return client
 
 
 # One call to the Prefect API per host at a time from this process: a SQLite-backed server answers concurrent
@@ -279,7 +302,7 @@ def _api_lock(host: str) -> threading.Lock:
 
 def _full_for(error: Exception) -> float | None:
     """Seconds to wait when an acquisition found the limit full (HTTP 423 and its Retry-After), else None."""
-    response = getattr(error.__cause__, "response", None)
+    response = getattr(error, "response", None) or getattr(error.__cause__, "response", None)
     if getattr(response, "status_code", None) != 423:
         return None
     try:
@@ -288,23 +311,7 @@ def _full_for(error: Exception) -> float | None:
         return 1.0
 
 
-class _QuietFullLimit(logging.Filter):
-    """Prefect's slot service logs an error for each single try (max_retries=0) that finds a limit full;
-    for us that is an expected answer (we wait and try again), not an error."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args and isinstance(record.args, tuple) and record.args[0] == "ConcurrencySlotAcquisitionWithLeaseService":
-            item = record.args[1] if len(record.args) > 1 else None
-            future = item[-1] if isinstance(item, tuple) and item else None
-            try:
-                cause = future.exception(timeout=0) if future is not None else None
-            except Exception:  # noqa: BLE001
-                return True
-            return getattr(getattr(cause, "response", None), "status_code", None) != 423
-        return True
-
-
-logging.getLogger("prefect._internal.concurrency").addFilter(_QuietFullLimit())
 
 
 def _api_url() -> str | None:
