@@ -205,14 +205,15 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
         try:
             # 1. the README, command by command; only the port, the data dir and the training scale differ
             lines = walkthrough()
-            assert any(line.startswith("prefect worker start") and line.endswith("&") for line in lines)
+            assert [line.split()[:3] for line in lines if line.endswith("&")] == [["prefect", "server", "start"],
+                                                                                 ["prefect", "worker", "start"]]
             for line in lines:
                 line = line.replace("4200", str(port)).replace("$PWD/data", str(data))
                 if line.startswith("prefect deployment run"):
                     line = line.replace(" --watch", f" {SMALL_TRAIN} --watch --watch-timeout 600")
                 shell.run(line)
                 if line.startswith("prefect server start"):
-                    server_pid = int((Path(server_env["PREFECT_HOME"]) / "server.pid").read_text())
+                    server_pid = shell.background[-1].pid
 
             stack, client = _client(api_url)
             with stack:
@@ -281,14 +282,8 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
                 assert sorted(data2.glob("runs/pipeline-*/checkpoints/chunk_000002/model.safetensors"))
         finally:
             # 4. stop everything this test started, by PID
-            for proc in shell.background:
+            for proc in reversed(shell.background):  # the worker, then the server
                 _stop(proc.pid, group=True)
-            home = Path(server_env["PREFECT_HOME"])
-            if server_pid is None and (home / "server.pid").exists():
-                server_pid = int((home / "server.pid").read_text())
-            subprocess.run([str(BIN / "prefect"), "server", "stop"], env=shell.env, cwd=REPO, capture_output=True, timeout=60)
-            if server_pid is not None:
-                _stop(server_pid)
     for proc in shell.background:
         assert not _alive(proc.pid)
     if server_pid is not None:
