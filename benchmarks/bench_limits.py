@@ -29,14 +29,13 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 # before prefect is imported, here and in the spawned run processes (they inherit the environment)
 _OWN_HOME = "COOK_BENCH_PREFECT_HOME" not in os.environ  # the spawned run processes find the parent's
@@ -49,63 +48,6 @@ os.environ["PREFECT_SERVER_UI_ENABLED"] = "false"
 
 def log(msg: str) -> None:
     print(f"[bench_limits] {msg}", file=sys.stderr, flush=True)
-
-
-class Loopback:
-    """A loopback HTTP server: answers every GET after `latency` s; records request starts and the most in flight."""
-
-    def __init__(self, latency: float):
-        self.in_flight = self.max_in_flight = 0
-        self.starts: list[float] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as real hosts
-
-            def do_GET(self):
-                with outer.lock:
-                    outer.starts.append(time.monotonic())
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                time.sleep(latency)
-                with outer.lock:
-                    outer.in_flight -= 1
-                body = b"ok"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def peak_starts_per_s(self) -> int:
-        """The most request starts within any one-second window."""
-        s = sorted(self.starts)
-        best, j = 0, 0
-        for i, t in enumerate(s):
-            while s[j] <= t - 1.0:
-                j += 1
-            best = max(best, i - j + 1)
-        return best
-
-    def longest_gap_s(self) -> float:
-        """The longest wait between two consecutive request starts (a stall shows here)."""
-        s = sorted(self.starts)
-        return max((b - a for a, b in zip(s, s[1:])), default=0.0)
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def one_run(url: str, requests: int, concurrency: int, rate: float, start) -> tuple[int, float, float]:
@@ -132,11 +74,12 @@ def one_run(url: str, requests: int, concurrency: int, rate: float, start) -> tu
 
 def case(runs: int, global_limits: bool, args) -> dict:
     """Run `runs` parallel flow runs (one process each) against a fresh loopback host; returns the figures."""
+    from loopback import Loopback
     from prefect.client.orchestration import get_client
 
     from tasks.limits import Limits, ensure_limits, host_of, limit_names
 
-    with Loopback(args.latency) as site:
+    with Loopback(hold_s=args.latency) as site:  # each request answered after the latency
         host = host_of(site.url)
         if global_limits:
             with get_client(sync_client=True) as client:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, tags
 
-from flows.report import publish_markdown, publish_table
+from flows.report import publish_markdown, publish_table, run_name
 from model.errors import CookError
 from model.shards import load_meta
 from tasks.caching import FLOW_RESULTS
@@ -57,6 +57,11 @@ def _stamp(path: Path) -> int | None:
         return None
 
 
+def _changed(before: int | None, marker: Path) -> str:
+    """`ran` if the stage (re)wrote its marker file, else `unchanged`."""
+    return "unchanged" if before is not None and before == _stamp(marker) else "ran"
+
+
 def tokens_id(tokens: str | os.PathLike) -> str:
     """8 hex digits naming a tokens folder's content, the training run's suffix: meta.json's fingerprint (a
     digest of the tokenizer and every token), so re-tokenizing the same text finds the same run."""
@@ -84,12 +89,11 @@ def _gather(source: str, out: Path, p: dict) -> tuple[str, dict]:
     if source == "wiki-dump":
         from flows.wiki_dump import wiki_dump_flow
 
-        before = _stamp(out / "summary.json")
-        kept = 0
-        for i, dump in enumerate(p["dumps"]):
-            target = out if len(p["dumps"]) == 1 else out / f"{i:02d}-{Path(dump).name.split('.')[0]}"
-            kept += wiki_dump_flow(dump=dump, out=str(target))["kept"]
-        return ("unchanged" if before is not None and before == _stamp(out / "summary.json") else "ran"), {"articles": kept}
+        targets = [out if len(p["dumps"]) == 1 else out / f"{i:02d}-{Path(d).name.split('.')[0]}" for i, d in enumerate(p["dumps"])]
+        before = [_stamp(t / "summary.json") for t in targets]
+        kept = sum(wiki_dump_flow(dump=d, out=str(t))["kept"] for d, t in zip(p["dumps"], targets))
+        changed = any(_changed(b, t / "summary.json") == "ran" for b, t in zip(before, targets))
+        return ("ran" if changed else "unchanged"), {"articles": kept}
     if source == "parquet":
         from flows.unparquet import unparquet_flow
 
@@ -101,20 +105,13 @@ def _gather(source: str, out: Path, p: dict) -> tuple[str, dict]:
         target = out / "pydoc_topics.parquet"
         before = _stamp(target)
         build_pydoc_corpus_task(target)
-        return ("unchanged" if before is not None and before == _stamp(target) else "ran"), {}
+        return _changed(before, target), {}
     raise CookError(f"unknown source {source!r}")
 
 
-def _run_name() -> str:
-    """What the run does, for the UI: `pipeline: wikipedia+pydoc -> tiny x 2 chunks`."""
-    from prefect.runtime import flow_run
-
-    p = flow_run.parameters
-    sources = "+".join(p.get("sources") or ["wikipedia"])
-    return f"pipeline: {sources} -> {p.get('preset', 'tiny')} x {p.get('chunks', 1)} chunks"
-
-
-@flow(name="pipeline", flow_run_name=_run_name, **FLOW_RESULTS)
+# what the run does, for the UI: `pipeline: wikipedia+pydoc -> tiny x 2 chunks`
+@flow(name="pipeline", flow_run_name=run_name(
+    "pipeline", lambda p: f"pipeline: {'+'.join(p['sources'])} -> {p['preset']} x {p['chunks']} chunks"), **FLOW_RESULTS)
 def pipeline_flow(
     sources: list[str] = ["wikipedia"],  # noqa: B006 (Prefect shows defaults in the UI; never mutated)
     queries: list[str] | None = None,
@@ -189,10 +186,6 @@ def pipeline_flow(
     _publish(summary)
     logger.info("pipeline: %s -> %s", ", ".join(f"{s['stage']} {s['state']}" for s in stages), ckpt)
     return summary
-
-
-def _changed(before: int | None, marker: Path) -> str:
-    return "unchanged" if before is not None and before == _stamp(marker) else "ran"
 
 
 def _detail(figures: dict) -> str:

@@ -141,19 +141,18 @@ class _Registry:
             known = self._known.get(host)
             if known and ((known[0] and (known[1] or not need_rate)) or time.monotonic() - known[2] < RECHECK_S):
                 return known[0], known[1]
-        from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
         names = limit_names(host)
         found = [False, False]
         try:
-            with get_client(sync_client=True) as client:
-                for i, name in enumerate(names):
-                    try:
-                        client.read_global_concurrency_limit_by_name(name)
-                        found[i] = True
-                    except ObjectNotFound:
-                        pass
+            client = _client()
+            for i, name in enumerate(names):
+                try:
+                    client.read_global_concurrency_limit_by_name(name)
+                    found[i] = True
+                except ObjectNotFound:
+                    pass
         except Exception as e:  # noqa: BLE001 - an unreachable API must not stop a crawl
             self.warn(host, "error", f"cannot read the global limits of {host} from the Prefect API at {api_url} "
                                      f"({type(e).__name__}): this run keeps its own limits for {host}")

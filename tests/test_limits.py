@@ -10,58 +10,14 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback import Loopback
 
 from tasks.limits import SCRAPER_DEFAULTS, Limits, default_limits, ensure_limits, forget, host_of, limit_names
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class Loopback:
-    """A loopback HTTP server that counts requests in flight. Each request is held until `gather` requests are
-    in flight at once or `hold_s` has passed, so whatever the clients allow to overlap does overlap."""
-
-    def __init__(self, gather: int = 99, hold_s: float = 0.3):
-        self.gather, self.hold_s = gather, hold_s
-        self.in_flight = self.max_in_flight = 0
-        self.starts: list[float] = []
-        self.cond = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                with outer.cond:
-                    outer.starts.append(time.monotonic())
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                    outer.cond.notify_all()
-                    outer.cond.wait_for(lambda: outer.in_flight >= outer.gather, timeout=outer.hold_s)
-                    outer.in_flight -= 1
-                body = b"ok"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.host = host_of(self.url)
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def crawl(url: str, requests: int, concurrency: int, rate: float, start: threading.Barrier | None = None) -> int:
@@ -262,6 +218,7 @@ def test_no_prefect_server_means_own_limits_only(cook_env):
     """Without PREFECT_API_URL (the ephemeral API) the client never asks Prefect and warns about nothing."""
     env = {k: v for k, v in cook_env.items() if k != "PREFECT_API_URL"}
     env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"  # were the client to ask the API, it would fail and warn
+    env["PYTHONPATH"] = os.path.dirname(__file__)  # tests/, for the helpers test_limits imports
     with Loopback(gather=2, hold_s=2.0) as site:
         code = f"from tests.test_limits import crawl; print(crawl({site.url!r}, 4, 2, 200.0))"
         p = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
