@@ -1,4 +1,4 @@
-"""Benchmark what the per-host Prefect global limits (tasks/limits.py, `cook server-setup`) cost and buy.
+"""Benchmark what the per-host Prefect global limits (tasks/core/limits.py, `cook server-setup`) cost and buy.
 
     python benchmarks/bench_limits.py --requests 120 --latency 0.05 --concurrency 4 --rate 20
 
@@ -55,7 +55,7 @@ def one_run(url: str, requests: int, concurrency: int, rate: float, start) -> tu
     one PoliteClient. Returns (answers 200, first start, last answer) on the system-wide monotonic clock."""
     from prefect import flow
 
-    from tasks.http import PoliteClient
+    from tasks.core.http import PoliteClient
 
     @flow(name="bench-limits-crawl", log_prints=False)
     def crawl(url: str) -> tuple[int, float, float]:
@@ -77,7 +77,7 @@ def case(runs: int, global_limits: bool, args) -> dict:
     from loopback import Loopback
     from prefect.client.orchestration import get_client
 
-    from tasks.limits import Limits, ensure_limits, host_of, limit_names
+    from tasks.core.limits import Limits, ensure_limits, host_of, limit_names
 
     with Loopback(hold_s=args.latency) as site:  # each request answered after the latency
         host = host_of(site.url)

@@ -40,7 +40,7 @@ if mode == "baseline":
                     if text:
                         f.write(text + "\\n")
 else:
-    from tasks.merge import merge_documents
+    from tasks.corpus.merge import merge_documents
     s = merge_documents([src], out, "2GB", near_dedup=(mode == "near"))
     result = {"exact": s["exact_duplicates"], "near": s["near_duplicates"], "kept": s["documents_out"],
               "rejected": s["documents_rejected"], "filtered": s["documents_rejected"] - s["exact_duplicates"] - s["near_duplicates"]}
@@ -64,7 +64,7 @@ def make_corpus(folder: Path, mb: int, files: int = 6, dup_frac: float = 0.05, n
     """~`mb` MB of documents in `files` files over three sources; returns the planted duplicate counts."""
     from pydoc_data.topics import topics
 
-    from tasks.documents import DocumentWriter
+    from tasks.corpus.documents import DocumentWriter
 
     paras = sorted({p.strip() for t in topics.values() for p in t.split("\n\n") if len(p.strip()) > 80})
     rng = random.Random(seed)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from tasks.tokenize import tokenize_corpus
+from tasks.corpus.tokenize import tokenize_corpus
 files, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 t = time.perf_counter()
 tokenize_corpus([Path(f) for f in files], "gpt2", out, None, 0.005, "auto", 100_000_000, None)
@@ -38,7 +38,7 @@ def make_corpus(folder: Path, mb: int, seed: int = 0) -> list[Path]:
     """~`mb` MB of documents built from paragraphs of Python's help topics (real English and code)."""
     from pydoc_data.topics import topics
 
-    from tasks.documents import DocumentWriter
+    from tasks.corpus.documents import DocumentWriter
 
     paras = [p.strip() for t in topics.values() for p in t.split("\n\n") if len(p.strip()) > 40]
     rng = random.Random(seed)
@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from model.tokenizer import default_threads, get_tokenizer
-    from tasks.documents import expand_inputs, iter_texts
+    from tasks.corpus.documents import expand_inputs, iter_texts
 
     with tempfile.TemporaryDirectory(prefix="cook-bench-tokenize-") as tmp:
         tmp = Path(tmp)

@@ -69,7 +69,7 @@ side, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
 if side == "pandas":
     import pandas as pd
 else:
-    from tasks.unparquet import convert_file
+    from tasks.corpus.unparquet import convert_file
 t = time.perf_counter()  # imports excluded: a constant, not a rate
 if side == "pandas":
     df = pd.read_parquet(src)  # the original: the whole file in memory, every column

@@ -2,7 +2,7 @@
 
 Generates a pages-articles dump of at least `--mb` MB of XML (tests/dumpgen.py: tricky wikitext, redirects,
 other namespaces), then times, on every core:
-  - cook: `tasks.wikidump.extract_dump` (parse + clean + write parquet shards) on the plain .xml,
+  - cook: `tasks.sources.wikidump.extract_dump` (parse + clean + write parquet shards) on the plain .xml,
     and (with --multistream) on a multistream .xml.bz2 + index of the same pages;
   - wikiextractor 3.x: `python -m wikiextractor.WikiExtractor DUMP --no-templates -o DIR --processes N`.
 Prints ONE JSON line: articles/s and MB/s (of XML) for each, and the ratio (goal: >= 2x wikiextractor).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.wikidump import default_workers, extract_dump  # noqa: E402
+from tasks.sources.wikidump import default_workers, extract_dump  # noqa: E402
 from tests.dumpgen import make_pages, repeat_pages, write_dump  # noqa: E402
 
 

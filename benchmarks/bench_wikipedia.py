@@ -45,8 +45,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from fake_mediawiki import FakeMediaWiki, FakeWiki
-    from tasks.settings import get_settings
-    from tasks.wikipedia import Crawler
+    from tasks.core.settings import get_settings
+    from tasks.sources.wikipedia import Crawler
 
     wiki = FakeWiki(n_pages=args.pages, seed=0)
     ids = sorted(wiki.pages)

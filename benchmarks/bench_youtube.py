@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def sequential(youtube_url: str, videos: list[str]) -> float:
     """The original's way: one YouTubeTranscriptApi, one video after the other. Returns seconds."""
-    from tasks.youtube import YouTubeOptions, clean_segments, make_transcript_api
+    from tasks.sources.youtube import YouTubeOptions, clean_segments, make_transcript_api
 
     api = make_transcript_api(YouTubeOptions(), youtube_url)  # the plain library, routed to the fake
     t0 = time.perf_counter()
@@ -43,8 +43,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from fake_youtube import FakeWorld, FakeYouTube
-    from tasks.youtube import fetch_batch, list_channels
-    from tasks.youtube_ledger import YouTubeLedger
+    from tasks.sources.youtube import fetch_batch, list_channels
+    from tasks.sources.youtube_ledger import YouTubeLedger
 
     world = FakeWorld(n_channels=1, videos_per_channel=args.videos, kinds=("ok",), empty_channel=False)
     with FakeYouTube(world, caption_latency=args.latency) as fk, tempfile.TemporaryDirectory() as tmp:

@@ -70,7 +70,7 @@ def _prepare_env(demo: bool = False) -> None:
     """Environment defaults set before Prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if demo and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         home = (get_settings().data_dir / "prefect").resolve()
         home.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def _progress():
     """A rich progress display that the stages' progress bars draw into."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from tasks.progress import show_in
+    from tasks.core.progress import show_in
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeElapsedColumn(), TimeRemainingColumn()]
@@ -275,7 +275,7 @@ def unparquet(
     _prepare_env()
     _check_dask(dask)
     from model.errors import CookError
-    from tasks.unparquet import check_unparquet_args
+    from tasks.corpus.unparquet import check_unparquet_args
 
     try:
         check_unparquet_args(sources, str(out), format, column)
@@ -303,7 +303,7 @@ def merge(
     _prepare_env()
     _check_dask(dask)
     from model.errors import CookError
-    from tasks.merge import check_merge_args
+    from tasks.corpus.merge import check_merge_args
 
     try:
         check_merge_args(inputs, str(out), shard_size, format, lang or None)
@@ -332,8 +332,8 @@ def tokenize(
     _prepare_env()
     _check_dask(dask)
     from model.errors import CookError
-    from tasks.settings import get_settings
-    from tasks.tokenize import check_tokenize_args
+    from tasks.core.settings import get_settings
+    from tasks.corpus.tokenize import check_tokenize_args
 
     out = out or get_settings().data_dir / "tokens"
     try:
@@ -370,7 +370,7 @@ def train(
     """Train a GPT in chunks (a checkpoint after each); the same command again resumes."""
     _prepare_env()
     from model.errors import CookError
-    from tasks.train import check_train_args
+    from tasks.training.train import check_train_args
 
     kwargs = dict(data=str(data), run=str(run), preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk,
                   seed=seed, init_from=str(init_from) if init_from else None, device=device, compile=compile,

@@ -11,9 +11,9 @@ from flows.report import publish_table, run_name, tags_for
 from flows.sample import sample_text
 from flows.tokenize import tokenize_flow
 from flows.train import train_flow
-from tasks.caching import FLOW_RESULTS
-from tasks.pydoc_corpus import build_pydoc_corpus_task
-from tasks.settings import get_settings
+from tasks.core.caching import FLOW_RESULTS
+from tasks.sources.pydoc_corpus import build_pydoc_corpus_task
+from tasks.core.settings import get_settings
 
 PROMPT = "The with statement"
 

@@ -10,9 +10,9 @@ from prefect import flow, get_run_logger
 from flows.report import count, publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
 from model.errors import CookError
-from tasks.caching import FLOW_RESULTS
-from tasks.merge import MAX_CHARS, MIN_CHARS, check_merge_args, merge_task, parse_size
-from tasks.settings import SOURCE_DIRS, get_settings
+from tasks.core.caching import FLOW_RESULTS
+from tasks.corpus.merge import MAX_CHARS, MIN_CHARS, check_merge_args, merge_task, parse_size
+from tasks.core.settings import SOURCE_DIRS, get_settings
 
 
 def _mb(n: int) -> str:

@@ -21,8 +21,8 @@ from prefect import flow, get_run_logger, tags
 from flows.report import publish_markdown, publish_table, run_name
 from model.errors import CookError
 from model.shards import load_meta
-from tasks.caching import FLOW_RESULTS
-from tasks.settings import SOURCE_DIRS, get_settings
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.settings import SOURCE_DIRS, get_settings
 
 SOURCES = tuple(SOURCE_DIRS)
 
@@ -100,7 +100,7 @@ def _gather(source: str, out: Path, p: dict) -> tuple[str, dict]:
         s = unparquet_flow(sources=p["parquet"], out=str(out))
         return ("ran" if s["converted"] else "unchanged"), {"documents": s["written"], "files converted": s["converted"]}
     if source == "pydoc":
-        from tasks.pydoc_corpus import build_pydoc_corpus_task
+        from tasks.sources.pydoc_corpus import build_pydoc_corpus_task
 
         target = out / "pydoc_topics.parquet"
         before = _stamp(target)

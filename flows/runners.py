@@ -38,7 +38,7 @@ def dask_target(dask: str | None = None) -> str | None:
     Raises a one-line CookError for a malformed address or when prefect-dask is missing.
     """
     if dask is None:
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         dask = get_settings().dask_address
     target = (dask or "").strip()
@@ -87,7 +87,7 @@ class StageRunner:
         """
         from prefect.utilities.callables import get_call_parameters
 
-        from tasks.caching import RESULTS, results_dir
+        from tasks.core.caching import RESULTS, results_dir
 
         if self.dask and task.result_storage is RESULTS:
             task = task.with_options(result_storage=results_dir())

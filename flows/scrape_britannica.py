@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger
 
 from flows.report import items_label, publish_markdown, publish_table, run_name
 from model.errors import CookError
-from tasks.britannica import DEFAULT_QUERIES, SOURCE, check_scrape_britannica_args, crawl_query_task, default_out
-from tasks.caching import FLOW_RESULTS
-from tasks.settings import get_settings
+from tasks.sources.britannica import DEFAULT_QUERIES, SOURCE, check_scrape_britannica_args, crawl_query_task, default_out
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.settings import get_settings
 
 __all__ = ["DEFAULT_QUERIES", "check_scrape_britannica_args", "scrape_britannica_flow"]
 

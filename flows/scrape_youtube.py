@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger
 
 from flows.report import items_label, publish_markdown, publish_table, run_name
 from model.errors import CookError
-from tasks.caching import FLOW_RESULTS
-from tasks.progress import progress
-from tasks.settings import get_settings
-from tasks.youtube import (
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.progress import progress
+from tasks.core.settings import get_settings
+from tasks.sources.youtube import (
     DEFAULT_CHANNELS,
     LEDGER_NAME,
     RUN_BARS,
@@ -29,7 +29,7 @@ from tasks.youtube import (
     list_channels_task,
     reconcile,
 )
-from tasks.youtube_ledger import YouTubeLedger
+from tasks.sources.youtube_ledger import YouTubeLedger
 
 __all__ = ["DEFAULT_CHANNELS", "check_scrape_youtube_args", "scrape_youtube_flow"]
 

@@ -1,5 +1,5 @@
 """`cook server-setup`: create the per-host politeness limits on the Prefect server, so they hold across
-parallel runs (tasks/limits.py). Idempotent: a re-run leaves limits that already match unchanged.
+parallel runs (tasks/core/limits.py). Idempotent: a re-run leaves limits that already match unchanged.
 
     cook server-setup [--concurrency N] [--rate R]
 
@@ -10,7 +10,7 @@ ephemeral API of a plain run lives only as long as its process.
 from __future__ import annotations
 
 from model.errors import CookError
-from tasks.limits import default_limits, ensure_limits
+from tasks.core.limits import default_limits, ensure_limits
 
 
 def check_server_setup_args(concurrency: int | None = None, rate: float | None = None) -> None:

@@ -10,9 +10,9 @@ from flows.report import publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
 from model.shards import load_meta
 from model.tokenizer import load_tokenizer
-from tasks.caching import FLOW_RESULTS
-from tasks.settings import get_settings
-from tasks.tokenize import check_tokenize_args, tokenize_task
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.settings import get_settings
+from tasks.corpus.tokenize import check_tokenize_args, tokenize_task
 
 
 def _run_name(p: dict) -> str:

@@ -26,9 +26,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from model.train import STOP, stop_on_signals
-from tasks.caching import FLOW_RESULTS
-from tasks.settings import get_settings
-from tasks.train import check_train_args, loss_curve_task, prepare_run_task, train_chunk_task
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.settings import get_settings
+from tasks.training.train import check_train_args, loss_curve_task, prepare_run_task, train_chunk_task
 
 
 def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: float = 2.0) -> threading.Thread | None:

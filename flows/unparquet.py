@@ -19,9 +19,9 @@ from flows.report import count, publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
 from model.atomic import clean_stale_temps
 from model.errors import CookError
-from tasks.caching import FLOW_RESULTS
-from tasks.settings import SOURCE_DIRS, get_settings
-from tasks.unparquet import check_unparquet_args, output_path, source_fingerprint, unparquet_task
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.settings import SOURCE_DIRS, get_settings
+from tasks.corpus.unparquet import check_unparquet_args, output_path, source_fingerprint, unparquet_task
 
 __all__ = ["check_unparquet_args", "unparquet_flow"]
 

@@ -1,6 +1,6 @@
 """`cook scrape wiki-dump DUMP --out DIR [--workers N] [--fetch]`: a Wikipedia pages-articles dump -> documents.
 
-One cached task reads the whole dump (parallel inside, see tasks/wikidump.py): a re-run on the same dump
+One cached task reads the whole dump (parallel inside, see tasks/sources/wikidump.py): a re-run on the same dump
 and `--out` is a cache hit while `out/summary.json` exists. A truncated dump succeeds with every complete
 page before the cut; the summary has `truncated: True` and the run logs a warning.
 """
@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger
 from flows.report import publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
 from model.atomic import clean_stale_temps
-from tasks.caching import FLOW_RESULTS
-from tasks.settings import get_settings
-from tasks.wikidump import check_wiki_dump_args, dump_titles, newest_dump, read_dump_task
+from tasks.core.caching import FLOW_RESULTS
+from tasks.core.settings import get_settings
+from tasks.sources.wikidump import check_wiki_dump_args, dump_titles, newest_dump, read_dump_task
 
 __all__ = ["check_wiki_dump_args", "wiki_dump_flow", "default_out"]
 
@@ -68,7 +68,7 @@ def wiki_dump_flow(dump: str | None = None, out: str | None = None, workers: int
 def _fetch(path: Path, out_dir: Path, workers: int | None, logger) -> dict:
     """`--fetch`: the dump only names the pages; each is fetched through the API scraper (polite, resumable
     through its ledger) into `out_dir`, in the scraper's format."""
-    from tasks.wikipedia import fetch_pages
+    from tasks.sources.wikipedia import fetch_pages
 
     result = fetch_pages(dump_titles(path, workers), out_dir, tag=f"wiki-dump:{path.name}")
     failed = result.get("failed") or []

@@ -7,7 +7,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tasks.limits import host_of
+from tasks.core.limits import host_of
 
 
 class Loopback:

@@ -123,7 +123,7 @@ def test_unparquet_merge_tokenize_runs_are_named_tagged_and_tabled(cook, tmp_pat
 def test_scrape_wikipedia_run_is_named_tagged_and_tabled(cook, cook_env, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from tasks.documents import read_documents
+    from tasks.corpus.documents import read_documents
 
     out = tmp_path / "wiki"
     with FakeMediaWiki(FakeWiki(n_pages=16, seed=3)) as api:

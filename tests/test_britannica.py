@@ -13,7 +13,7 @@ from fake_britannica import BOILERPLATE, MARK, FakeBritannica, FakeSite
 from scraped import docs_in, token_f1
 
 from model.errors import CookError
-from tasks.britannica import (
+from tasks.sources.britannica import (
     DEFAULT_QUERIES,
     LEDGER_NAME,
     RESULT_SELECTORS,
@@ -23,8 +23,8 @@ from tasks.britannica import (
     extract_article,
     parse_search,
 )
-from tasks.documents import REQUIRED
-from tasks.ledger import Ledger
+from tasks.corpus.documents import REQUIRED
+from tasks.core.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -189,7 +189,7 @@ def test_robots_txt_semantics(tmp_path):
 
 def test_flow_caches_queries_and_cli_runs(tmp_path, monkeypatch, cook, cook_env):
     from flows.scrape_britannica import scrape_britannica_flow
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     site = FakeSite(seed=2)
     out = tmp_path / "b"

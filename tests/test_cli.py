@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.documents import write_documents
+from tasks.corpus.documents import write_documents
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -57,7 +57,7 @@ def test_debug_shows_the_traceback(cook, tmp_path):
 
 def test_failure_inside_a_flow_is_one_line(cook, corpus, tmp_path):
     """A problem found by a task mid-flow: one line, no traceback, no Prefect failure chatter."""
-    from tasks.tokenize import tokenize_corpus
+    from tasks.corpus.tokenize import tokenize_corpus
 
     data = tokenize_corpus([corpus], "char", tmp_path / "tok")
     shard = data / "train_000000.bin"

@@ -26,10 +26,10 @@ from flows.tokenize import tokenize_flow  # noqa: E402
 from flows.unparquet import unparquet_flow  # noqa: E402
 from flows.wiki_dump import wiki_dump_flow  # noqa: E402
 from model.errors import CookError  # noqa: E402
-from tasks.documents import write_documents  # noqa: E402
-from tasks.merge import merge_documents  # noqa: E402
-from tasks.tokenize import tokenize_corpus  # noqa: E402
-from tasks.wikidump import extract_dump  # noqa: E402
+from tasks.corpus.documents import write_documents  # noqa: E402
+from tasks.corpus.merge import merge_documents  # noqa: E402
+from tasks.corpus.tokenize import tokenize_corpus  # noqa: E402
+from tasks.sources.wikidump import extract_dump  # noqa: E402
 from tests.dumpgen import make_pages, write_dump  # noqa: E402
 from tests.test_merge import prose  # noqa: E402
 
@@ -48,7 +48,7 @@ def tree_hashes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """COOK_DATA_DIR for this module (task results land under it), set before the cluster's workers start."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     d = tmp_path_factory.mktemp("dask") / "data"
     with pytest.MonkeyPatch.context() as mp:
@@ -199,7 +199,7 @@ def test_process_pools_step_aside_on_a_worker(observer, docs, tmp_path):
 
 
 def test_dask_target(monkeypatch):
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     assert dask_target("off") is None
     assert dask_target("LOCAL") == "local"

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from model.errors import CookError
-from tasks.filters import (
+from tasks.corpus.filters import (
     GopherRepetitionFilter,
     LengthFilter,
     PunctuationFilter,
@@ -118,7 +118,7 @@ def test_punctuation_rules_skip_transcripts():
 
 def test_language_filter():
     pytest.importorskip("langdetect")
-    from tasks.filters import LanguageFilter
+    from tasks.corpus.filters import LanguageFilter
 
     f = LanguageFilter(["en"])
     assert f(doc(PROSE[0])) is None

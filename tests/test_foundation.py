@@ -11,9 +11,9 @@ from prefect import flow, task
 
 from model.atomic import atomic_dir, atomic_write, clean_stale_temps
 from model.errors import CookError
-from tasks.caching import OutputsCache, file_fingerprint
-from tasks.documents import REQUIRED, DocumentWriter, expand_inputs, iter_texts, read_documents, write_documents
-from tasks.settings import Settings
+from tasks.core.caching import OutputsCache, file_fingerprint
+from tasks.corpus.documents import REQUIRED, DocumentWriter, expand_inputs, iter_texts, read_documents, write_documents
+from tasks.core.settings import Settings
 
 
 def test_atomic_write_leaves_nothing_on_crash(tmp_path):
@@ -152,7 +152,7 @@ def test_file_fingerprint_sees_content(tmp_path):
 def counting_flow(n: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.progress import progress
+    from tasks.core.progress import progress
 
     with progress("counting", total=n) as bar, ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda _: bar.advance(1), range(n)))  # worker threads report too
@@ -187,7 +187,7 @@ def test_model_never_imports_prefect():
 def test_text_format_round_trip(tmp_path):
     """The text format: separator after every document, the marker escaped inside texts; iter_texts reads
     such a file as its documents, and any other .txt as one document."""
-    from tasks.documents import TEXT_SEPARATOR, escape_text
+    from tasks.corpus.documents import TEXT_SEPARATOR, escape_text
 
     texts = ["plain", "has <|endoftext|> inside", "and <||endoftext|> too\n", "ünï 🙂"]
     p = tmp_path / "docs.txt"

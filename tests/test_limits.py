@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from loopback import Loopback
 
-from tasks.limits import SCRAPER_DEFAULTS, Limits, default_limits, ensure_limits, forget, host_of, limit_names
+from tasks.core.limits import SCRAPER_DEFAULTS, Limits, default_limits, ensure_limits, forget, host_of, limit_names
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 def crawl(url: str, requests: int, concurrency: int, rate: float, start: threading.Barrier | None = None) -> int:
     """One run's crawl: a PoliteClient with its own limits, driven by more threads than it allows; returns the
     number of answers. `start`: wait for the other runs there, so that the runs overlap."""
-    from tasks.http import PoliteClient
+    from tasks.core.http import PoliteClient
 
     client = PoliteClient(concurrency=concurrency, rate_limit=rate, retries=0)
     try:
@@ -84,8 +84,8 @@ def drop_limits(host: str) -> None:
 
 
 def test_defaults_are_the_scrapers_own():
-    from tasks import britannica, wikipedia, youtube
-    from tasks.http import PoliteClient
+    from tasks.sources import britannica, wikipedia, youtube
+    from tasks.core.http import PoliteClient
 
     def defaults(fn, *names):
         params = inspect.signature(fn).parameters
@@ -196,7 +196,7 @@ def test_global_rate_holds_across_clients_in_worker_threads():
     Outside any flow run, the requests sent from pool threads."""
     from prefect.client.orchestration import get_client
 
-    from tasks.http import PoliteClient
+    from tasks.core.http import PoliteClient
 
     with Loopback(hold_s=0.0) as site:
         with get_client(sync_client=True) as client:

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.errors import CookError
-from tasks.documents import SCHEMA, read_text_documents, write_documents
-from tasks.merge import check_merge_args, merge_documents, parse_size
+from tasks.corpus.documents import SCHEMA, read_text_documents, write_documents
+from tasks.corpus.merge import check_merge_args, merge_documents, parse_size
 
 pytestmark = pytest.mark.timeout(300)
 

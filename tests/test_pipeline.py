@@ -12,7 +12,7 @@ import pytest
 
 from model.shards import list_shards, read_shard
 from model.tokenizer import load_tokenizer
-from tasks.documents import read_documents
+from tasks.corpus.documents import read_documents
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -24,8 +24,8 @@ from model.tokenizer import (
     ranks_to_tiktoken,
     tiktoken_cache_path,
 )
-from tasks.documents import write_documents
-from tasks.tokenize import check_tokenize_args, tokenize_corpus, tokenize_task
+from tasks.corpus.documents import write_documents
+from tasks.corpus.tokenize import check_tokenize_args, tokenize_corpus, tokenize_task
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
@@ -268,8 +268,8 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     from pathlib import Path
-    from tasks.documents import DocumentWriter
-    from tasks.tokenize import tokenize_corpus
+    from tasks.corpus.documents import DocumentWriter
+    from tasks.corpus.tokenize import tokenize_corpus
     tmp = Path(sys.argv[1])
     para = "Streaming keeps memory flat; the corpus may grow without bound. Ünïcode ok. " * 40
     sizes = [int(a) for a in sys.argv[2:]]

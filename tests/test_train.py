@@ -22,7 +22,7 @@ from model.dataloader import TokenBatches, derive_seed
 from model.errors import CookError
 from model.gpt import GPT, GPTConfig
 from model.train import lr_at, prepare_run, read_run, train_worker
-from tasks.train import check_train_args
+from tasks.training.train import check_train_args
 
 REPO = Path(__file__).resolve().parents[1]
 # the reference run: 3 chunks; the subprocess test must use the very same flags

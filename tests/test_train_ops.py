@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import read_state
 from model.errors import CookError
-from tasks.train import check_train_args
+from tasks.training.train import check_train_args
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

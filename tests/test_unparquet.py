@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.errors import CookError
-from tasks.documents import read_text_documents
-from tasks.unparquet import FORMATS, SEPARATOR, convert_file, output_path, subset_of
+from tasks.corpus.documents import read_text_documents
+from tasks.corpus.unparquet import FORMATS, SEPARATOR, convert_file, output_path, subset_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -278,7 +278,7 @@ def _closed_port() -> int:
 def test_hub_unreachable_is_one_clear_line(monkeypatch, tmp_path):
     pytest.importorskip("huggingface_hub")
     from flows.unparquet import check_unparquet_args
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("COOK_HF_ENDPOINT", endpoint)
@@ -400,7 +400,7 @@ def test_hub_paths_read_through_the_hub(cosmo, monkeypatch, tmp_path):
     from fixtures_hub import FakeHub
 
     from flows.unparquet import unparquet_flow
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     repo = tmp_path / "hub" / "HuggingFaceTB" / "cosmopedia"
     for src in cosmo:

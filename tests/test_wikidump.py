@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.errors import CookError
-from tasks.wikidump import (
+from tasks.sources.wikidump import (
     check_wiki_dump_args,
     dump_lang,
     extract_dump,
@@ -205,7 +205,7 @@ def test_cli_truncated_and_bomb(cook, dumps, tmp_path):
 
 def test_cli_fetch_takes_titles_from_the_dump(cook, cook_env, tmp_path):
     """`--fetch`: the dump only names the pages; each is fetched once through the API scraper (fake server)."""
-    from tasks.documents import read_documents
+    from tasks.corpus.documents import read_documents
     from tests.dumpgen import Page
     from tests.fake_mediawiki import FakeMediaWiki, FakeWiki
 

@@ -19,9 +19,9 @@ from fake_mediawiki import MARK, FakeMediaWiki, FakeWiki
 from scraped import docs_in, token_f1
 
 from model.errors import CookError
-from tasks.documents import REQUIRED
-from tasks.ledger import Ledger
-from tasks.wikipedia import DEFAULT_QUERIES, LEDGER_NAME, Crawler, check_scrape_wikipedia_args, extract_text, fetch_pages
+from tasks.corpus.documents import REQUIRED
+from tasks.core.ledger import Ledger
+from tasks.sources.wikipedia import DEFAULT_QUERIES, LEDGER_NAME, Crawler, check_scrape_wikipedia_args, extract_text, fetch_pages
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -225,7 +225,7 @@ def test_sigkill_then_rerun_loses_nothing_and_fetches_nothing_twice(cook_env, tm
 
 def test_flow_rerun_caches_completed_queries(tmp_path, monkeypatch):
     from flows.scrape_wikipedia import scrape_wikipedia_flow
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     wiki = FakeWiki(n_pages=25, seed=6)
     out = tmp_path / "wiki"

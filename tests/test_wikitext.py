@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from tasks.wikitext import clean_wikitext
+from tasks.sources.wikitext import clean_wikitext
 from tests.dumpgen import CLUTTER, make_pages
 
 CASES = [

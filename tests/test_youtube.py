@@ -18,8 +18,8 @@ from fake_youtube import CUES, FakeWorld, FakeYouTube, channel_id
 from scraped import docs_in
 
 from model.errors import CookError
-from tasks.documents import REQUIRED
-from tasks.youtube import (
+from tasks.corpus.documents import REQUIRED
+from tasks.sources.youtube import (
     DEFAULT_CHANNELS,
     LEDGER_NAME,
     SECRET_BLOCK,
@@ -28,7 +28,7 @@ from tasks.youtube import (
     reconcile,
     resolve_api_key,
 )
-from tasks.youtube_ledger import YouTubeLedger
+from tasks.sources.youtube_ledger import YouTubeLedger
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ def vid_of(doc: dict) -> str:
 @pytest.fixture
 def fake_env(monkeypatch):
     """Point the settings at a fake (in this process) and clear the settings cache around the test."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     def use(fake: FakeYouTube, **extra: str) -> None:
         for k, v in {"COOK_YOUTUBE_API_URL": fake.api_url, "COOK_YOUTUBE_URL": fake.url, "COOK_YOUTUBE_API_KEY": fake.key,

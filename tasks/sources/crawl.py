@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from model.errors import CookError
-from tasks.caching import stable_hash
+from tasks.core.caching import stable_hash
 
 
 def read_queries_file(path: str | Path) -> list[str]:

@@ -6,7 +6,7 @@ file. Each input gives exactly one output, named after it and written atomically
 
 Output formats:
 
-- `parquet`: the document format (`tasks.documents.SCHEMA`) plus provenance columns
+- `parquet`: the document format (`tasks.corpus.documents.SCHEMA`) plus provenance columns
   `source_file`, `row` (row index in the source file), `subset`, `format`, `audience`,
   `text_token_length` (null where the source lacks the column).
 - `text`: UTF-8, every document followed by the separator line: `doc + "\\n<|endoftext|>\\n"`.
@@ -37,9 +37,9 @@ from prefect import task
 
 from model.atomic import atomic_write
 from model.errors import CookError
-from tasks.caching import PERSISTED, OutputsCache, file_fingerprint
-from tasks.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs
-from tasks.progress import progress
+from tasks.core.caching import PERSISTED, OutputsCache, file_fingerprint
+from tasks.corpus.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs
+from tasks.core.progress import progress
 
 FORMATS = ("parquet", "text", "csv")
 SUFFIX = {"parquet": ".parquet", "text": ".txt", "csv": ".csv"}
@@ -99,7 +99,7 @@ def output_path(src: str, out_dir: str | os.PathLike, fmt: str = "parquet") -> P
 
 def hub_filesystem():
     """An fsspec filesystem for `hf://` paths, on the configured endpoint (COOK_HF_ENDPOINT) and token."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     settings = get_settings()
     try:
@@ -143,7 +143,7 @@ def _line(e: BaseException, limit: int = 200) -> str:
 
 
 def _hub_error(src: str, e: BaseException) -> CookError:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return CookError(

@@ -2,7 +2,7 @@
 
 - Listing (`list_channels`): `channels.list` (part=contentDetails,snippet) once per channel for its uploads
   playlist, then `playlistItems.list` (maxResults=50) page by page. Every page's videos go into the ledger
-  (`OUT/ledger.sqlite`, tasks.youtube_ledger) with the channel's next page token in one transaction, so a
+  (`OUT/ledger.sqlite`, tasks.sources.youtube_ledger) with the channel's next page token in one transaction, so a
   resumed run lists nothing twice. Each call costs 1 quota unit; the run's `quota` budget, or the API's 403
   quotaExceeded, stops the listing cleanly (what was found is still fetched).
 - The API key is sent in the `X-goog-api-key` header, never in a URL, and is redacted from any API error
@@ -39,9 +39,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.atomic import clean_stale_temps
 from model.errors import CookError
-from tasks.documents import SCHEMA, now_utc, write_documents
-from tasks.http import RETRY_STATUS, FetchError, PoliteClient, retry_after
-from tasks.youtube_ledger import YouTubeLedger
+from tasks.corpus.documents import SCHEMA, now_utc, write_documents
+from tasks.core.http import RETRY_STATUS, FetchError, PoliteClient, retry_after
+from tasks.sources.youtube_ledger import YouTubeLedger
 
 SOURCE = "youtube"
 LEDGER_NAME = "ledger.sqlite"
@@ -105,14 +105,14 @@ class YouTubeOptions(BaseSettings):
 
 
 def default_out() -> Path:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     return get_settings().data_dir / "youtube"
 
 
 def resolve_api_key() -> str | None:
     """The Data API key: COOK_YOUTUBE_API_KEY, else the Prefect Secret block `youtube-api-key`; None if neither."""
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
 
     key = Settings().youtube_api_key  # fresh: the environment may change between runs in one process
     if key is not None and key.get_secret_value().strip():
@@ -151,7 +151,7 @@ class DataAPI(PoliteClient):
     errors raise ApiError. The key travels in a header; error texts are redacted."""
 
     def __init__(self, key: str, api_url: str | None = None, budget: int = 10_000, **kw: Any):
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         kw.setdefault("rate_limit", 20.0)
         super().__init__(headers={"X-goog-api-key": key, "Accept": "application/json"}, **kw)
@@ -369,7 +369,7 @@ def make_transcript_api(opts: YouTubeOptions, youtube_url: str | None = None):
     from urllib3 import Retry as UrlRetry
     from youtube_transcript_api import YouTubeTranscriptApi
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     base = (youtube_url or get_settings().youtube_url).rstrip("/")
     base = None if base == YOUTUBE else base
@@ -474,14 +474,14 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
                 on_video: Callable[[], None] | None = None) -> dict:
     """Fetch these videos' transcripts with `concurrency` threads into parquet parts under `out`, recording each
     outcome in the ledger. Returns {fetched, failed: {state: n}, skipped, blocked_streak, stopped}."""
-    from tasks.limits import HostLimits
-    from tasks.settings import get_settings
+    from tasks.core.limits import HostLimits
+    from tasks.core.settings import get_settings
 
     opts = opts or YouTubeOptions()
     out = Path(out)
     guard = BlockGuard(opts.max_blocked, opts.blocked_backoff_s, blocked_streak)
     site = youtube_url or get_settings().youtube_url
-    limits = HostLimits(concurrency, None)  # plus youtube.com's global concurrency across runs (tasks/limits.py)
+    limits = HostLimits(concurrency, None)  # plus youtube.com's global concurrency across runs (tasks/core/limits.py)
     local = threading.local()
     proxy_secrets = _proxy_secrets(opts)
     failed: dict[str, int] = {}
@@ -579,7 +579,7 @@ def check_scrape_youtube_args(channels: list[str] | None = None, channels_file: 
     de-duplicated, or the built-in list."""
     from urllib.parse import urlparse
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     ids = [c.strip() for c in (channels or [])]
     if channels_file:

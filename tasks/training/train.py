@@ -19,9 +19,9 @@ from model.checkpoint import CHECKPOINTS, checkpoint_name
 from model.errors import CookError
 from model.launch import check_gpus, launch_chunk, under_torchrun
 from model.train import check_args, prepare_run, setup_process, train_chunk
-from tasks.caching import PERSISTED, OutputsCache
-from tasks.plots import publish_loss_curve
-from tasks.progress import progress
+from tasks.core.caching import PERSISTED, OutputsCache
+from tasks.training.plots import publish_loss_curve
+from tasks.core.progress import progress
 
 
 def check_train_args(data: str | os.PathLike, run: str | os.PathLike, preset: str = "tiny", chunks: int = 1,

@@ -9,7 +9,7 @@
   See also / Notes / References / Further reading / External links sections), with selectolax.
 - `Crawler`: `list=search` seeds, `action=parse` per page (by page id), link following in the main
   namespace breadth-first, page-id dedup across queries and runs through a SQLite ledger
-  (`OUT/ledger.sqlite`, see tasks.ledger), documents written in atomic parquet parts. A page that fails
+  (`OUT/ledger.sqlite`, see tasks.core.ledger), documents written in atomic parquet parts. A page that fails
   is recorded failed and the crawl goes on; the next run retries it.
 - `fetch_pages(titles, out)`: fetch given titles (e.g. from a dump) through the same machinery.
 """
@@ -32,12 +32,12 @@ from selectolax.lexbor import LexborHTMLParser
 
 from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
-from tasks.caching import PERSISTED, OutputsCache
-from tasks.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
-from tasks.documents import SCHEMA
-from tasks.http import FetchError, PoliteClient, Retry, retry_after
-from tasks.ledger import Ledger
-from tasks.progress import progress
+from tasks.core.caching import PERSISTED, OutputsCache
+from tasks.sources.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
+from tasks.corpus.documents import SCHEMA
+from tasks.core.http import FetchError, PoliteClient, Retry, retry_after
+from tasks.core.ledger import Ledger
+from tasks.core.progress import progress
 
 SOURCE = "wikipedia"
 LICENSE = "CC BY-SA 4.0"
@@ -81,7 +81,7 @@ class WikiClient(PoliteClient):
     """
 
     def __init__(self, api_url: str | None = None, *, maxlag: int = 5, **kw: Any):
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         super().__init__(**kw)
         self.api_url = api_url or get_settings().wikipedia_api_url
@@ -415,7 +415,7 @@ def fetch_pages(titles: Iterable[str], out: str | Path, *, api_url: str | None =
 
 
 def default_out() -> Path:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     return get_settings().data_dir / "wikipedia"
 
@@ -425,7 +425,7 @@ def check_scrape_wikipedia_args(queries: list[str] | None = None, queries_file: 
                                 rate_limit: float = 10.0) -> list[str]:
     """Validate before anything runs; return the queries to crawl (given ones, then the file's, de-duplicated;
     the built-in list when neither is given)."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     qs = gather_queries(queries, queries_file, DEFAULT_QUERIES)
     if max_pages < 1:

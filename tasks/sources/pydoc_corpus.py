@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.caching import PERSISTED, OutputsCache
-from tasks.documents import now_utc, write_documents
+from tasks.core.caching import PERSISTED, OutputsCache
+from tasks.corpus.documents import now_utc, write_documents
 
 LICENSE = "PSF-2.0"
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import email.utils
 import random
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import httpx
+
+from tasks.core.limits import HostLimits
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -33,28 +34,6 @@ class Retry(Exception):
         self.after = after
 
 
-class RateLimiter:
-    """Start at most `rate` requests per second: a token bucket of one token, so starts are `1/rate` s apart
-    (any window of w seconds holds at most w*rate + 1 starts). `pause(s)` holds every start back (Retry-After)."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-    def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
-
-
 def retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (seconds or an HTTP date)."""
     if not value:
@@ -72,7 +51,7 @@ def retry_after(value: str | None) -> float | None:
 
 class PoliteClient:
     """GET within a host's concurrency and rate limits, with retries. Thread-safe: share one per host. On a
-    Prefect server, also within the host's limits shared by every run (`cook server-setup`, tasks/limits.py).
+    Prefect server, also within the host's limits shared by every run (`cook server-setup`, tasks/core/limits.py).
 
     `get(url, params, parse)` returns `parse(response)` (default: the response itself); `parse` may raise
     `Retry` to have the request tried again. Raises FetchError once `retries` are spent, or at once for
@@ -82,12 +61,11 @@ class PoliteClient:
     def __init__(self, *, user_agent: str | None = None, concurrency: int = 4, rate_limit: float = 10.0,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, max_wait: float = 120.0,
                  headers: dict[str, str] | None = None):
-        from tasks.limits import HostLimits
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         self.concurrency = concurrency
         self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
-        # this client's own limits, plus each host's global limits on a Prefect server (tasks/limits.py)
+        # this client's own limits, plus each host's global limits on a Prefect server (tasks/core/limits.py)
         self.limits = HostLimits(concurrency, rate_limit)
         self.limiter = self.limits.limiter
         self.http = httpx.Client(

@@ -21,10 +21,10 @@ from model.atomic import atomic_dir
 from model.errors import CookError
 from model.shards import ShardWriter, dtype_for_vocab, write_meta
 from model.tokenizer import Tokenizer, default_threads, encode_stream, get_tokenizer, known_vocab_size, load_tokenizer
-from tasks.caching import PERSISTED, OutputsCache, file_fingerprint
-from tasks.documents import expand_inputs, iter_texts
-from tasks.progress import progress
-from tasks.spawn import can_spawn
+from tasks.core.caching import PERSISTED, OutputsCache, file_fingerprint
+from tasks.corpus.documents import expand_inputs, iter_texts
+from tasks.core.progress import progress
+from tasks.core.spawn import can_spawn
 
 DTYPES = ("auto", "uint16", "uint32")
 BATCH_CHARS = 4 << 20  # text encoded per batch: large enough to keep every core busy, small enough to stay flat

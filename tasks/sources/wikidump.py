@@ -6,7 +6,7 @@ Streaming, constant memory, parallel:
   `<page>` blocks and reads the few fields we need. Only the five predefined XML entities and numeric
   character references are decoded; a DTD (`<!DOCTYPE`, `<!ENTITY`) or any other entity reference is
   refused with a CookError, so entity-expansion bombs and external entities are never expanded.
-- Namespace 0 only; redirects are skipped; wikitext becomes plain text (`tasks.wikitext`).
+- Namespace 0 only; redirects are skipped; wikitext becomes plain text (`tasks.sources.wikitext`).
 - A plain `.xml` / `.xml.bz2` is read (and decompressed) by one process that cuts it into segments of
   whole pages; worker processes parse and clean the segments. A multistream dump with its index
   (`X-multistream.xml.bz2` + `X-multistream-index.txt.bz2`) is split on its bz2 stream offsets and the
@@ -39,11 +39,11 @@ import pyarrow as pa
 
 from model.atomic import atomic_dir, atomic_write_text
 from model.errors import CookError
-from tasks.documents import SCHEMA as DOC_SCHEMA
-from tasks.documents import DocumentWriter, read_documents
-from tasks.progress import progress
-from tasks.spawn import can_spawn
-from tasks.wikitext import clean_wikitext
+from tasks.corpus.documents import SCHEMA as DOC_SCHEMA
+from tasks.corpus.documents import DocumentWriter, read_documents
+from tasks.core.progress import progress
+from tasks.core.spawn import can_spawn
+from tasks.sources.wikitext import clean_wikitext
 
 __all__ = [
     "SCHEMA", "LICENSE", "check_wiki_dump_args", "find_index", "dump_lang", "iter_dump_tables",
@@ -123,7 +123,7 @@ def read_index_offsets(index: Path) -> list[int]:
 
 def newest_dump() -> Path:
     """The newest `*pages-articles*.xml[.bz2]` under DATA/dumps: what a deployment reads when given no dump."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     folder = get_settings().data_dir / "dumps"
     found = [p for pat in ("*pages-articles*.xml", "*pages-articles*.xml.bz2") for p in folder.glob(pat)]
@@ -570,7 +570,7 @@ def __getattr__(name: str):
         raise AttributeError(name)
     from prefect import task
 
-    from tasks.caching import PERSISTED, OutputsCache
+    from tasks.core.caching import PERSISTED, OutputsCache
 
     t = task(
         name="read-dump",

@@ -120,7 +120,7 @@ class Ledger(SqliteFile):
                     schema=None) -> Path | None:
         """Record a batch of (document or None, item) crash-safely: stage the items, write the documents as one
         atomic part `OUT/<prefix>-<random>.parquet` (never an empty one), then mark the items done with it."""
-        from tasks.documents import SCHEMA, write_documents
+        from tasks.corpus.documents import SCHEMA, write_documents
 
         items = [it for _, it in batch]
         docs = [d for d, _ in batch if d is not None]

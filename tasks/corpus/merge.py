@@ -2,9 +2,9 @@
 
 Every input document ends up in exactly one place:
 
-- kept, normalized (`tasks.filters.normalize`), in `OUT/shard_NNNNN.parquet` (the document format),
+- kept, normalized (`tasks.corpus.filters.normalize`), in `OUT/shard_NNNNN.parquet` (the document format),
   or `OUT/shard_NNNNN.txt` with `--format text` (each document followed by the separator line of
-  `tasks.unparquet`, `"\\n<|endoftext|>\\n"`, with the same escaping, so it reads back exactly);
+  `tasks.corpus.unparquet`, `"\\n<|endoftext|>\\n"`, with the same escaping, so it reads back exactly);
 - or rejected, unchanged, in `OUT/rejects/shard_NNNNN.parquet`: the document format plus `reason`
   (e.g. "too-short", "repetition:dup-line-frac", "exact-duplicate") and `duplicate_of` (for
   duplicates, the id of the earlier kept document).
@@ -36,9 +36,9 @@ from prefect import task
 
 from model.atomic import atomic_dir, atomic_write
 from model.errors import CookError
-from tasks.caching import PERSISTED, OutputsCache
-from tasks.dedup import ExactDedup, MinHashDedup, text_key
-from tasks.documents import (
+from tasks.core.caching import PERSISTED, OutputsCache
+from tasks.corpus.dedup import ExactDedup, MinHashDedup, text_key
+from tasks.corpus.documents import (
     REJECTS_DIR,
     REQUIRED,
     SCHEMA,
@@ -49,9 +49,9 @@ from tasks.documents import (
     open_documents,
     read_text_documents,
 )
-from tasks.filters import check_languages, default_filters, first_rejections, normalize
-from tasks.progress import progress
-from tasks.spawn import can_spawn
+from tasks.corpus.filters import check_languages, default_filters, first_rejections, normalize
+from tasks.core.progress import progress
+from tasks.core.spawn import can_spawn
 
 FORMATS = ("parquet", "text")
 MIN_CHARS = 100

@@ -26,7 +26,7 @@ _SAMPLE = 1 << 20  # bytes hashed from each end of a file
 
 def results_dir() -> Path:
     """`<data_dir>/.cook/results`, read from the settings each time it is used."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     return (get_settings().data_dir / ".cook" / "results").resolve()
 

@@ -43,8 +43,8 @@ class Limits:
 
 
 # Each scraper's endpoint setting and its own defaults (tests/test_limits.py checks they match the modules):
-# wikipedia: tasks.wikipedia.Crawler; britannica: tasks.britannica.Crawler; YouTube's Data API: tasks.youtube.DataAPI;
-# youtube.com (transcripts): tasks.youtube.fetch_batch, whose threads are the concurrency, without a rate.
+# wikipedia: tasks.sources.wikipedia.Crawler; britannica: tasks.sources.britannica.Crawler; YouTube's Data API: tasks.sources.youtube.DataAPI;
+# youtube.com (transcripts): tasks.sources.youtube.fetch_batch, whose threads are the concurrency, without a rate.
 SCRAPER_DEFAULTS: dict[str, tuple[str, Limits]] = {
     "wikipedia": ("wikipedia_api_url", Limits(4, 10.0)),
     "britannica": ("britannica_url", Limits(4, 5.0)),
@@ -72,7 +72,7 @@ def default_limits(concurrency: int | None = None, rate: float | None = None) ->
     """{host: Limits} for every scraper endpoint in the settings (a mirror or test server's host:port too).
     Scrapers sharing a host get the stricter of their limits; `concurrency`/`rate` override every host's
     (`rate` only where the host has a rate limit)."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     s = get_settings()
     out: dict[str, Limits] = {}
@@ -193,6 +193,28 @@ def forget(host: str | None = None) -> None:
     _REGISTRY.forget(host)
 
 
+class RateLimiter:
+    """Start at most `rate` requests per second: a token bucket of one token, so starts are `1/rate` s apart
+    (any window of w seconds holds at most w*rate + 1 starts). `pause(s)` holds every start back (Retry-After)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+
 class HostLimits:
     """The politeness guard around each request: `with limits.slot(url): send it`.
 
@@ -203,8 +225,6 @@ class HostLimits:
     """
 
     def __init__(self, concurrency: int, rate: float | None):
-        from tasks.http import RateLimiter
-
         self.concurrency = concurrency
         self.limiter = RateLimiter(rate) if rate else None
         self._slots = threading.BoundedSemaphore(concurrency)

@@ -18,7 +18,7 @@ import json
 import time
 from typing import Iterable
 
-from tasks.ledger import SqliteFile
+from tasks.core.ledger import SqliteFile
 
 STATES = ("pending", "staged", "done", "disabled", "no_transcript", "unavailable", "blocked", "error")
 PERMANENT = ("disabled", "no_transcript", "unavailable")

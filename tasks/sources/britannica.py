@@ -7,7 +7,7 @@
   sentences ("Our editors will review what you’ve submitted…") dropped.
 - `Crawler`: robots.txt honoured (fetched once per base URL and process, its Crawl-delay too; a disallowed URL,
   redirect targets included, is skipped and counted; redirects are followed by hand so each hop is checked),
-  every request through `tasks.http.PoliteClient` (User-Agent, bounded concurrency, rate limit,
+  every request through `tasks.core.http.PoliteClient` (User-Agent, bounded concurrency, rate limit,
   backoff honouring Retry-After), article paths deduplicated across queries and runs through a SQLite ledger
   (`OUT/ledger.sqlite`; an old path that redirects is recorded as an alias of its target), documents written in atomic parquet parts. A page that answers 200 but no longer
   matches the expected structure (no result links, no paragraphs) gives a warning naming the URL and the
@@ -33,11 +33,11 @@ from selectolax.lexbor import LexborHTMLParser
 
 from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError
-from tasks.caching import PERSISTED, OutputsCache
-from tasks.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
-from tasks.http import FetchError, PoliteClient
-from tasks.ledger import Ledger
-from tasks.progress import progress
+from tasks.core.caching import PERSISTED, OutputsCache
+from tasks.sources.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
+from tasks.core.http import FetchError, PoliteClient
+from tasks.core.ledger import Ledger
+from tasks.core.progress import progress
 
 SOURCE = "britannica"
 LEDGER_NAME = "ledger.sqlite"
@@ -215,7 +215,7 @@ class Crawler:
     def __init__(self, out: str | Path, *, base_url: str | None = None, concurrency: int = 4, rate_limit: float = 5.0,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, batch_pages: int = 16,
                  on_article: Callable[[bool], None] | None = None, on_todo: Callable[[int], None] | None = None):
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -400,7 +400,7 @@ class Crawler:
 
 
 def default_out() -> Path:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     return get_settings().data_dir / "britannica"
 
@@ -410,7 +410,7 @@ def check_scrape_britannica_args(queries: list[str] | None = None, queries_file:
                                  rate_limit: float = 5.0) -> list[str]:
     """Validate before anything runs; return the queries to crawl (given ones, then the file's, de-duplicated;
     the built-in list when neither is given)."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     qs = gather_queries(queries, queries_file, DEFAULT_QUERIES)
     if not 1 <= max_pages_per_query <= 1000:

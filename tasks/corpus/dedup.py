@@ -17,7 +17,7 @@ import unicodedata
 
 import numpy as np
 
-from tasks.filters import span_hashes, word_spans
+from tasks.corpus.filters import span_hashes, word_spans
 
 _Q = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier combining word hashes into shingle hashes
 _SHINGLE_CHUNK = 4096  # shingles hashed at once: bounds memory to chunk x num_perm x 8 bytes

@@ -1,0 +1,1 @@
+"""Shared machinery: settings, polite HTTP and its limits, crawl ledgers, caching, progress, process spawning."""

@@ -1,0 +1,1 @@
+"""Corpus steps: the document format, parquet conversion, cleaning filters, dedup, merge and tokenize."""

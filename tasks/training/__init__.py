@@ -1,0 +1,1 @@
+"""Training tasks: prepare a run, train a chunk, plot its loss."""
