@@ -26,6 +26,8 @@ class Settings(BaseSettings):
 
     # run the CPU-heavy stages on Dask: a scheduler address (tcp://host:8786), "local", or unset (flows/runners.py)
     dask_address: str | None = None
+    # connection-level failures in a row (DNS, refused, TLS, timeout) after which a host counts as down (tasks/core/health.py)
+    max_connect_failures: int = 5
 
     youtube_api_key: SecretStr | None = None
     hf_token: SecretStr | None = None
