@@ -83,7 +83,12 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
 
 
 def user_error(e: Exception, code: int = EXIT_FAILED) -> None:
-    """Report a CookError as one line; with --debug, print its traceback first."""
+    """Report a CookError as one line; with --debug, print its traceback first. An error class with an exit code
+    of its own (model/errors.py: Incomplete, OutputBusy, SourceUnavailable) exits with that code."""
+    from model.errors import CookError
+
+    if isinstance(e, CookError) and type(e).exit_code != CookError.exit_code:
+        code = type(e).exit_code
     if DEBUG:
         import traceback
 
