@@ -21,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text verbatim: rich markup would eat every "[default: ...]" written in it
+    context_settings={"max_content_width": 120},
 )
 
 DEBUG = False
@@ -144,6 +146,31 @@ def _check_dask(dask: Optional[str]) -> None:
         user_error(e, EXIT_USAGE)
 
 
+def _check_out(path: Optional[Path], default: Optional[str] = None, flag: str = "--out") -> None:
+    """An output folder that cannot be written is a usage error (exit 2), found before anything runs: a temporary
+    folder is made (and removed) in it or in its nearest existing parent. Permission bits alone would not tell:
+    root ignores them, and /proc or a read-only mount refuse root too."""
+    import tempfile
+
+    from tasks.core.settings import SOURCE_DIRS, get_settings
+
+    if path is None:
+        target = get_settings().data_dir / (SOURCE_DIRS.get(default, default) if default else "")
+        what = f"the output folder {target} (under COOK_DATA_DIR)"
+    else:
+        target = Path(path)
+        what = f"{flag} {target}"
+    probe = target.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        fail(f"{what}: {probe} is not a folder", EXIT_USAGE)
+    try:
+        tempfile.TemporaryDirectory(dir=probe, prefix=".cook-probe-").cleanup()
+    except OSError as e:
+        fail(f"{what}: cannot write in {probe} ({e.strerror or type(e).__name__})", EXIT_USAGE)
+
+
 # --- commands --------------------------------------------------------------------------------------
 
 
@@ -167,15 +194,17 @@ def scrape_wikipedia(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/wikipedia]."),
     concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight per host at most."),
     rate_limit: float = typer.Option(10.0, "--rate-limit", help="Requests per second per host at most."),
+    refresh_after: float = typer.Option(20.0, "--refresh-after", min=0, help="Re-check pages fetched more than HOURS ago for edits, 50 per request (0: every run)."),
 ) -> None:
     """Search Wikipedia through the MediaWiki API and collect articles politely; re-running resumes."""
     _prepare_env()
+    _check_out(out, "wikipedia")
     from flows.scrape_wikipedia import check_scrape_wikipedia_args, scrape_wikipedia_flow
     from model.errors import CookError
 
     kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
                   extra_urls=extra_urls, max_pages=max_pages, depth=depth, out=str(out) if out else None,
-                  concurrency=concurrency, rate_limit=rate_limit)
+                  concurrency=concurrency, rate_limit=rate_limit, refresh_after_hours=refresh_after)
     try:
         check_scrape_wikipedia_args(**kwargs)
     except CookError as e:
@@ -193,15 +222,17 @@ def scrape_britannica(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/britannica]."),
     concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight at most."),
     rate_limit: float = typer.Option(5.0, "--rate-limit", help="Requests per second at most."),
+    refresh_after: float = typer.Option(20.0, "--refresh-after", min=0, help="Revisit articles fetched more than HOURS ago with conditional requests (0: every run)."),
 ) -> None:
     """Collect Britannica articles found by search, politely (robots.txt honoured); re-running resumes."""
     _prepare_env()
+    _check_out(out, "britannica")
     from flows.scrape_britannica import check_scrape_britannica_args, scrape_britannica_flow
     from model.errors import CookError
 
     kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
                   max_pages_per_query=max_pages_per_query, out=str(out) if out else None,
-                  concurrency=concurrency, rate_limit=rate_limit)
+                  concurrency=concurrency, rate_limit=rate_limit, refresh_after_hours=refresh_after)
     try:
         check_scrape_britannica_args(**kwargs)
     except CookError as e:
@@ -223,6 +254,7 @@ def scrape_youtube(
 ) -> None:
     """Collect YouTube transcripts of channels' uploads; resumes exactly where it stopped."""
     _prepare_env()
+    _check_out(out, "youtube")
     from flows.scrape_youtube import check_scrape_youtube_args, scrape_youtube_flow
     from model.errors import CookError
 
@@ -250,6 +282,7 @@ def scrape_wiki_dump(
 ) -> None:
     """Read a Wikipedia XML dump into documents, streaming, in constant memory."""
     _prepare_env()
+    _check_out(out, "wiki-dump")
     _check_dask(dask)
     from flows.wiki_dump import check_wiki_dump_args, wiki_dump_flow
     from model.errors import CookError
@@ -278,6 +311,7 @@ def unparquet(
 ) -> None:
     """Convert parquet files (e.g. Cosmopedia shards) to documents, text or csv, streaming and lossless."""
     _prepare_env()
+    _check_out(out)
     _check_dask(dask)
     from model.errors import CookError
     from tasks.corpus.unparquet import check_unparquet_args
@@ -306,6 +340,7 @@ def merge(
 ) -> None:
     """Clean, deduplicate and merge documents into shards; every rejected document is kept with its reason."""
     _prepare_env()
+    _check_out(out)
     _check_dask(dask)
     from model.errors import CookError
     from tasks.corpus.merge import check_merge_args
@@ -335,6 +370,7 @@ def tokenize(
 ) -> None:
     """Tokenize documents into train/val binary token shards with a meta.json."""
     _prepare_env()
+    _check_out(out, "tokens")
     _check_dask(dask)
     from model.errors import CookError
     from tasks.core.settings import get_settings
@@ -374,6 +410,7 @@ def train(
 ) -> None:
     """Train a GPT in chunks (a checkpoint after each); the same command again resumes."""
     _prepare_env()
+    _check_out(run, flag="--run")
     from model.errors import CookError
     from tasks.training.train import check_train_args
 

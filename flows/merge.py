@@ -11,6 +11,7 @@ from flows.report import count, publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
 from model.errors import CookError
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import hold_output, one_writer
 from tasks.corpus.merge import MAX_CHARS, MIN_CHARS, check_merge_args, merge_task, parse_size
 from tasks.core.settings import SOURCE_DIRS, get_settings
 
@@ -69,6 +70,7 @@ def _run_name(p: dict) -> str:
 
 
 @flow(name="merge", flow_run_name=run_name("merge", _run_name), **FLOW_RESULTS)
+@one_writer
 def merge_flow(
     inputs: list[str] | None = None,
     out: str | None = None,
@@ -92,6 +94,7 @@ def merge_flow(
     out = out if out is not None else str(settings.data_dir / "merged")
     # absolute paths: the task may run in another process (a Dask worker) with another working directory
     files = [f.absolute() for f in check_merge_args(inputs, out, shard_size, fmt, languages)]
+    hold_output(out, replaced=True)  # one writer: the lock beside `out`, which is replaced whole
     with stage_runner(dask) as runner:
         state = final_state(runner.submit(merge_task, files, Path(out).absolute(), parse_size(shard_size), fmt, near_dedup,
                                           min_chars, max_chars, list(languages) if languages else None))

@@ -9,6 +9,8 @@ Stages whose inputs have not changed are skipped: the gatherers resume from thei
 finished query, merge and tokenize are cached on their inputs' fingerprints, and training goes to a run named
 after the tokens, so the same tokens find their run already trained. New tokens start a new run.
 A retried pipeline run reuses the subflows that completed (their results persist under DATA/.cook/results).
+A gather stage that saved its work but left transient failures (`Incomplete`) does not stop the pipeline: merge,
+tokenize and train go on with what was gathered, and the pipeline then ends `Incomplete` (exit 3) saying which stage.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, tags
 
 from flows.report import publish_markdown, publish_table, run_name
-from model.errors import CookError
+from model.errors import CookError, Incomplete
 from model.shards import load_meta
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.settings import SOURCE_DIRS, get_settings
@@ -145,11 +147,15 @@ def pipeline_flow(
               "parquet": parquet}
     stages: list[dict] = []
 
-    gathered = []
+    gathered, incomplete = [], []
     for source in dict.fromkeys(sources):  # in order, once each
         out = root / SOURCE_DIRS[source]
         with tags(f"source:{source}", "stage:gather"):
-            state, figures = _gather(source, out, params)
+            try:
+                state, figures = _gather(source, out, params)
+            except Incomplete as e:  # its work is saved: go on with it, and say so at the end
+                state, figures = "incomplete", {}
+                incomplete.append(f"gather {source}: {e}")
         gathered.append(str(out))
         stages.append({"stage": f"gather {source}", "state": state, "output": str(out), "detail": _detail(figures)})
 
@@ -185,6 +191,8 @@ def pipeline_flow(
     summary = {"data_dir": str(root), "stages": stages, "run": str(run), "checkpoint": str(ckpt) if ckpt else None}
     _publish(summary)
     logger.info("pipeline: %s -> %s", ", ".join(f"{s['stage']} {s['state']}" for s in stages), ckpt)
+    if incomplete:  # trained on what was gathered, but a failure never reads as success
+        raise Incomplete(f"pipeline trained on what was gathered, but {'; '.join(incomplete)}")
     return summary
 
 

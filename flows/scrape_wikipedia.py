@@ -1,11 +1,15 @@
 """`cook scrape wikipedia`: search queries -> pages -> linked pages, as clean documents, one cached Prefect task per query.
 
-    cook scrape wikipedia [--query Q ...] [--queries FILE] [--extra-urls/--no-extra-urls] [--max-pages N] [--depth D] [--out DIR]
+    cook scrape wikipedia [--query Q ...] [--queries FILE] [--extra-urls/--no-extra-urls] [--max-pages N] [--depth D]
+                          [--refresh-after HOURS] [--out DIR]
 
 `max_pages` is the budget of the whole run, shared fairly: each query gets an even share of what the queries
 before it left. Pages are deduplicated by page id across queries and runs (the ledger `OUT/ledger.sqlite`).
-A failing page is recorded and retried by the next run; it never stops the crawl. A query whose search
-fails is reported and the other queries go on.
+A query finished more than `refresh_after_hours` ago runs again: its known pages' revision ids are checked
+(one request per 50 pages) and only changed pages are fetched again. A failing page is recorded and retried
+by the next run; it never stops the crawl, but the run ends `Incomplete` (exit 3) once its artifacts are
+published. A query whose search fails is reported and the other queries go on, unless its host is down
+(`SourceUnavailable`): then the run stops at once.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.report import items_label, publish_markdown, publish_table, run_name
-from model.errors import CookError
+from model.errors import CookError, Incomplete, SourceUnavailable
+from tasks.core import health
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import hold_output, one_writer
 from tasks.core.settings import get_settings
 from tasks.sources.wikipedia import DEFAULT_QUERIES, check_scrape_wikipedia_args, crawl_query_task, default_out
 
@@ -30,16 +36,24 @@ def _run_name(p: dict) -> str:
 
 
 @flow(name="scrape-wikipedia", flow_run_name=run_name("scrape-wikipedia", _run_name), **FLOW_RESULTS)
+@one_writer
 def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | None = None, extra_urls: bool = True,
                           max_pages: int = 500, depth: int = 1, out: str | None = None, concurrency: int = 4,
-                          rate_limit: float = 10.0) -> dict:
+                          rate_limit: float = 10.0, refresh_after_hours: float = 20.0) -> dict:
     """Crawl Wikipedia for `queries` (or the built-in topics) into document parquet parts under `out`.
 
     `extra_urls` turns link following on (to `depth` levels); off, only search hits are fetched. Returns
-    the run's summary: out, queries, documents done, pages fetched now, failures and cached queries.
+    the run's summary: out, queries, documents done, pages fetched now, failures and cached queries. Queries
+    finished more than `refresh_after_hours` ago (0: every run) are re-checked for edited pages.
+
+    Raises `Incomplete` after publishing when pages or queries failed for reasons a later run may not meet
+    (the run saved everything else), and `SourceUnavailable` at once when the API's host is down.
     """
-    qs = check_scrape_wikipedia_args(queries, queries_file, extra_urls, max_pages, depth, out, concurrency, rate_limit)
+    qs = check_scrape_wikipedia_args(queries, queries_file, extra_urls, max_pages, depth, out, concurrency, rate_limit,
+                                     refresh_after_hours)
     out_dir = Path(out).resolve() if out else default_out().resolve()
+    hold_output(out_dir)  # one writer per folder: before any task cleans up or writes
+    health.reset()  # a new run: hosts found down by an earlier run in this process get another chance
     api_url = get_settings().wikipedia_api_url
     depth = depth if extra_urls else 0
     logger = get_run_logger()
@@ -51,17 +65,20 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
             rows.append({"query": q, "quota": 0, "done": 0, "fetched": 0, "failed": [], "state": "skipped"})
             continue
         state = crawl_query_task.with_options(task_run_name=f"wikipedia {q}")(
-            q, quota, depth, max_pages, str(out_dir), api_url, concurrency=concurrency, rate_limit=rate_limit, return_state=True)
+            q, quota, depth, max_pages, str(out_dir), api_url, concurrency=concurrency, rate_limit=rate_limit,
+            refresh_after_hours=refresh_after_hours, return_state=True)
         if state.is_completed():
             r = dict(state.result())
             r["state"] = state.name
             if state.name == "Cached":
                 cached += 1
-                r["fetched"] = 0  # fetched by the run that cached it
+                r["fetched"], r["refreshed"] = 0, {}  # fetched by the run that cached it
             used += r["done"]
             rows.append(r)
         else:
             exc = state.result(raise_on_failure=False)
+            if isinstance(exc, SourceUnavailable):  # a dead host: no point in trying the other queries
+                raise exc
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if isinstance(exc, BaseException) else str(state.message)
             errors.append({"query": q, "reason": reason})
             rows.append({"query": q, "quota": quota, "done": 0, "fetched": 0, "failed": [], "state": "Failed", "reason": reason})
@@ -70,6 +87,7 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
     summary = {
         "out": str(out_dir), "api_url": api_url, "queries": len(qs), "documents": used,
         "fetched": sum(r["fetched"] for r in rows), "failed_pages": failed_pages, "failed_queries": errors,
+        "refreshed": {k: sum((r.get("refreshed") or {}).get(k, 0) for r in rows) for k in ("checked", "changed", "refetched", "gone")},
         "cached": cached, "per_query": [{k: r.get(k) for k in ("query", "quota", "done", "fetched", "state")} | {"failed": len(r["failed"])} for r in rows],
     }
     _publish(summary, rows)
@@ -77,6 +95,13 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
                 used, len(qs), summary["fetched"], cached, len(failed_pages), len(errors), out_dir)
     if errors and len(errors) == len(qs):
         raise CookError(f"scrape wikipedia: every query failed, e.g. {errors[0]['query']!r}: {errors[0]['reason']}")
+    transient = [f for f in failed_pages if f.get("transient", True)]
+    if transient or errors:
+        first = transient[0]["error"] if transient else errors[0]["reason"]
+        e = Incomplete(f"scrape wikipedia: {len(transient)} pages failed, {len(errors)} queries failed (e.g. {first}); "
+                       f"{used} documents saved in {out_dir}; run the same command again to retry them")
+        e.summary = summary  # for a parent flow that goes on (the pipeline)
+        raise e
     return summary
 
 
@@ -93,6 +118,8 @@ def _publish(summary: dict, rows: list[dict]) -> None:
           f"- API: {summary['api_url']}",
           f"- documents: {summary['documents']} ({summary['fetched']} fetched in this run), queries: {summary['queries']} ({summary['cached']} cached)",
           f"- failed pages: {len(summary['failed_pages'])} (retried by the next run), failed queries: {len(summary['failed_queries'])}",
+          f"- refreshed: {summary['refreshed']['checked']} known pages checked, {summary['refreshed']['changed']} changed, "
+          f"{summary['refreshed']['refetched']} fetched again, {summary['refreshed']['gone']} gone",
           "", "| query | state | budget | done | fetched now | failed |", "|---|---|---:|---:|---:|---:|"]
     md += [f"| {r['query']} | {r['state']} | {r['quota']} | {r['done']} | {r['fetched']} | {len(r['failed'])} |" for r in rows]
     if summary["failed_pages"] or summary["failed_queries"]:

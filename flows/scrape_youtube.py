@@ -2,10 +2,17 @@
 
     cook scrape youtube [--channel ID ...] [--channels FILE] [--languages en,de] [--out DIR] [--concurrency N] [--quota UNITS]
 
-First every channel is listed through the YouTube Data API into the ledger `OUT/ledger.sqlite` (once: a
-resumed run lists nothing again, and goes on from the page where the quota stopped it); then the videos due
-(new ones, and retryable failures past their backoff) are fetched `batch_size` per task. The run ends cleanly,
-with a message, at the quota budget or when YouTube keeps blocking requests.
+First the ledger `OUT/ledger.sqlite` is reconciled with the parts on disk (a part deleted by hand is re-made),
+then every channel is listed through the YouTube Data API (once: a resumed run lists nothing again, and goes on
+from the page where the quota stopped it; a channel listed more than `refresh_after_hours` ago is checked for new
+uploads); then the videos due (new ones, retryable failures past their backoff, videos without captions whose
+next check is due or that were not tried in every language asked for) are fetched `batch_size` per task.
+
+Endings: the quota budget is a planned stop (the run ends Completed, exit 0, with a message; the next run goes
+on). A run that leaves transient failures (videos `error`/`blocked`, channels whose listing failed on a
+retryable error, videos left pending after YouTube kept blocking) publishes its artifacts and then raises
+`Incomplete` (exit 3). A rejected API key or an unreachable host raises `SourceUnavailable` (exit 5) with one
+line, and leaves the videos not fetched pending.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.report import items_label, publish_markdown, publish_table, run_name
-from model.errors import CookError
+from flows.report import count, items_label, publish_markdown, publish_table, run_name
+from model.errors import CookError, Incomplete, SourceUnavailable
+from tasks.core import health
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import hold_output, one_writer
 from tasks.core.progress import progress
 from tasks.core.settings import get_settings
 from tasks.sources.youtube import (
@@ -29,7 +38,7 @@ from tasks.sources.youtube import (
     list_channels_task,
     reconcile,
 )
-from tasks.sources.youtube_ledger import YouTubeLedger
+from tasks.sources.youtube_ledger import RETRYABLE, YouTubeLedger
 
 __all__ = ["DEFAULT_CHANNELS", "check_scrape_youtube_args", "scrape_youtube_flow"]
 
@@ -44,6 +53,7 @@ def _run_name(p: dict) -> str:
 
 
 @flow(name="scrape-youtube", flow_run_name=run_name("scrape-youtube", _run_name), **FLOW_RESULTS)
+@one_writer
 def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | None = None, languages: list[str] | None = None,
                         out: str | None = None, concurrency: int = 4, quota: int = 10000, batch_size: int = 200,
                         refresh_after_hours: float = 20.0) -> dict:
@@ -51,27 +61,40 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
 
     Returns the run's summary: out, channels, quota units spent, videos found now, transcripts fetched now,
     failures by kind, the ledger's totals, and `stopped` ("quota", "blocked" or None) with its message.
-    Channels listed to the end more than `refresh_after_hours` ago are checked for new uploads (0: every run)."""
+    Channels listed to the end more than `refresh_after_hours` ago are checked for new uploads (0: every run);
+    videos without captions are checked again after `refresh_after_hours`, doubling per miss (at most ~30 days).
+    Raises Incomplete (with `.summary`) after publishing when transient failures are left, SourceUnavailable
+    when the key is rejected or a host cannot be reached."""
     if refresh_after_hours < 0:
         raise CookError(f"refresh_after_hours must be 0 or more (got {refresh_after_hours})")
     chans, langs = check_scrape_youtube_args(channels, channels_file, languages, out, concurrency, quota, batch_size)
     out_dir = (Path(out) if out else default_out()).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    hold_output(out_dir)  # one writer per folder: before reconcile() and any task clean up or write
     logger = get_run_logger()
+    health.reset()  # a new run: hosts found down by an earlier run in this process get another chance
 
     repaired = reconcile(out_dir)
-    listing = list_channels_task(chans, str(out_dir), quota, get_settings().youtube_api_url, refresh_after_hours * 3600.0)
+    if repaired["released"]:
+        logger.warning("scrape youtube: %d done videos had their part file deleted: they are fetched again", repaired["released"])
+    recheck = refresh_after_hours * 3600.0
+    listing = list_channels_task(chans, str(out_dir), quota, get_settings().youtube_api_url, recheck)
     messages = [listing["message"]] if listing["stopped"] else []
     with YouTubeLedger(out_dir / LEDGER_NAME) as ledger:
-        due = [v["video_id"] for v in ledger.due()]
+        due = [v["video_id"] for v in ledger.due(langs)]
 
-    fetched, failed, streak, stopped = 0, {}, 0, listing["stopped"]
+    fetched, failed, streak, stopped, unreachable = 0, {}, 0, listing["stopped"], None
     with progress("youtube transcripts", total=max(len(due), 1)) as bar:
         RUN_BARS[str(out_dir)] = bar
         try:
             for i in range(0, len(due), batch_size):
-                r = fetch_batch_task.with_options(task_run_name=f"youtube batch {i // batch_size + 1}")(
-                    due[i : i + batch_size], str(out_dir), langs, concurrency, streak)
+                try:
+                    r = fetch_batch_task.with_options(task_run_name=f"youtube batch {i // batch_size + 1}")(
+                        due[i : i + batch_size], str(out_dir), langs, concurrency, streak, recheck)
+                except SourceUnavailable as e:  # youtube.com cannot be reached: the rest stays pending
+                    unreachable, stopped = e, "unreachable"
+                    messages.append(str(e))
+                    break
                 fetched += r["fetched"]
                 for k, n in r["failed"].items():
                     failed[k] = failed.get(k, 0) + n
@@ -91,15 +114,40 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
         "out": str(out_dir), "channels": len(chans), "channels_unlisted": unlisted, "api_units": listing["units"], "quota": quota,
         "api_units_all_runs": listing["units_all_runs"],
         "new_videos": listing["new"], "due": len(due), "fetched": fetched, "failed": failed, "recovered": repaired["recovered"],
+        "released": repaired["released"],
         "videos": {k: v for k, v in totals.items() if v}, "failed_channels": [r for r in listing["per_channel"] if r["state"] == "failed"],
         "stopped": stopped, "message": "; ".join(messages),
     }
     _publish(summary, listing["per_channel"], rows)
     logger.info("scrape youtube: %d channels (%d API units), %d new videos, %d transcripts fetched, failed %s -> %s",
                 len(chans), listing["units"], listing["new"], fetched, failed or "none", out_dir)
+    if unreachable is not None:
+        raise unreachable  # one line, exit 5; published above, and nothing of it was cached as done
     if stopped:
         logger.warning("scrape youtube stopped early: %s", summary["message"])
+    left = transient_left(summary)
+    if left:
+        e = Incomplete(f"youtube: {fetched} transcripts fetched into {out_dir}, but {left}; run the same command again "
+                       "to retry them (videos that failed wait out a short backoff, blocked ones are tried at once)")
+        e.summary = summary
+        raise e
     return summary
+
+
+def transient_left(summary: dict) -> str:
+    """What this run leaves to retry, in words ("" when nothing): videos that failed now on a retryable error or
+    a block, videos left pending because YouTube kept blocking, channels whose listing failed on a retryable error."""
+    parts = []
+    failed = {k: n for k, n in summary["failed"].items() if k in RETRYABLE and n}
+    if failed:
+        parts.append(f"{count(sum(failed.values()), 'video')} failed for now ({', '.join(f'{k} {n}' for k, n in sorted(failed.items()))})")
+    if summary["stopped"] == "blocked" and summary["videos"].get("pending"):
+        parts.append(f"{count(summary['videos']['pending'], 'video')} left pending (YouTube kept blocking requests: "
+                     "retry later, or set a proxy: COOK_YOUTUBE_PROXY_HTTPS or COOK_YOUTUBE_WEBSHARE_USERNAME/PASSWORD)")
+    channels = [r for r in summary["failed_channels"] if r.get("transient")]
+    if channels:
+        parts.append(f"{count(len(channels), 'channel')} could not be listed ({channels[0]['error'][:120]})")
+    return "; ".join(parts)
 
 
 def channel_rows(chans: list[str], per_channel: list[dict], ledger_channels: dict[str, dict]) -> list[dict]:

@@ -11,6 +11,7 @@ from flows.runners import final_state, stage_runner
 from model.shards import load_meta
 from model.tokenizer import load_tokenizer
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import clean_stale_beside, hold_output, one_writer
 from tasks.core.settings import get_settings
 from tasks.corpus.tokenize import check_tokenize_args, tokenize_task
 
@@ -22,6 +23,7 @@ def _run_name(p: dict) -> str:
 
 
 @flow(name="tokenize", flow_run_name=run_name("tokenize", _run_name), **FLOW_RESULTS)
+@one_writer
 def tokenize_flow(
     inputs: list[str] | None = None,
     encoding: str = "gpt2",
@@ -42,6 +44,8 @@ def tokenize_flow(
     # absolute paths: the task may run in another process (a Dask worker) with another working directory
     out_path = (Path(out) if out is not None else get_settings().data_dir / "tokens").absolute()
     tok_dir = Path(tokenizer_dir).absolute() if tokenizer_dir is not None else None
+    hold_output(out_path, replaced=True)  # one writer: the lock beside `out`, which is replaced whole
+    clean_stale_beside(out_path)  # this folder's temps of a crashed run
     with stage_runner(dask) as runner:
         state = final_state(runner.submit(
             tokenize_task,

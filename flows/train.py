@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger
 
 from model.train import STOP, stop_on_signals
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import hold_output, one_writer
 from tasks.core.settings import get_settings
 from tasks.training.train import check_train_args, loss_curve_task, prepare_run_task, train_chunk_task
 
@@ -61,6 +62,7 @@ def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: 
 
 
 @flow(name="train", **FLOW_RESULTS)
+@one_writer
 def train_flow(
     data: str | Path | None = None,
     run: str | Path | None = None,
@@ -87,6 +89,7 @@ def train_flow(
     init_from = str(init_from) if init_from is not None else None
     check_train_args(data, run, preset, chunks, iters_per_chunk, seed, init_from, device, compile, eval_interval,
                      eval_iters, batch_size, grad_accum, learning_rate, keep_last, gpus)
+    hold_output(run)  # one writer per run folder (RUN/.cook.lock), before the run is prepared or resumed
     info = prepare_run_task(data, run, preset, chunks, iters_per_chunk, seed, init_from, batch_size, grad_accum,
                             learning_rate, eval_interval, eval_iters, device)
     logger = get_run_logger()

@@ -20,6 +20,7 @@ from flows.runners import final_state, stage_runner
 from model.atomic import clean_stale_temps
 from model.errors import CookError
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import hold_output, one_writer
 from tasks.core.settings import SOURCE_DIRS, get_settings
 from tasks.corpus.unparquet import check_unparquet_args, output_path, source_fingerprint, unparquet_task
 
@@ -35,6 +36,7 @@ def _run_name(p: dict) -> str:
 
 
 @flow(name="unparquet", flow_run_name=run_name("unparquet", _run_name), task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), **FLOW_RESULTS)
+@one_writer
 def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parquet", column: str = "text", dask: str | None = None) -> dict:
     """Convert every parquet file in `sources` into `out` (default DATA/cosmopedia); return the run's summary.
 
@@ -46,6 +48,7 @@ def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parqu
     files = check_unparquet_args(sources, out, fmt, column)
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    hold_output(out_dir)  # one writer per folder, before the clean-up
     clean_stale_temps(out_dir)  # temp files of a crashed earlier run
     logger = get_run_logger()
 

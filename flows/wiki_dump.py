@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger
 
 from flows.report import publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
-from model.atomic import clean_stale_temps
 from tasks.core.caching import FLOW_RESULTS
+from tasks.core.lock import clean_stale_beside, hold_output, one_writer
 from tasks.core.settings import get_settings
 from tasks.sources.wikidump import check_wiki_dump_args, dump_titles, newest_dump, read_dump_task
 
@@ -33,6 +33,7 @@ def _run_name(p: dict) -> str:
 
 
 @flow(name="wiki-dump", flow_run_name=run_name("wiki-dump", _run_name), **FLOW_RESULTS)
+@one_writer
 def wiki_dump_flow(dump: str | None = None, out: str | None = None, workers: int | None = None, fetch: bool = False,
                    dask: str | None = None) -> dict:
     """Read `dump` (default: the newest pages-articles dump under DATA/dumps) into document shards in `out`
@@ -45,8 +46,9 @@ def wiki_dump_flow(dump: str | None = None, out: str | None = None, workers: int
     path = check_wiki_dump_args(dump, out, workers)
     out_dir = Path(out) if out is not None else default_out()
     out_dir = out_dir.resolve()
-    if out_dir.parent.exists():
-        clean_stale_temps(out_dir.parent)
+    # the lock beside the folder, as reading replaces it whole (--fetch writes in place, under the same lock)
+    hold_output(out_dir, replaced=True)
+    clean_stale_beside(out_dir)  # this folder's temps of a crashed run, none of its neighbours'
     logger = get_run_logger()
     if fetch:
         return _fetch(path, out_dir, workers, logger)
@@ -82,7 +84,16 @@ def _fetch(path: Path, out_dir: Path, workers: int | None, logger) -> dict:
     )
     publish_table("wiki-dump-fetch", [{"dump": path.name, "fetched": result.get("fetched"), "already_done": result.get("skipped_done"),
                                        "failed": len(failed)}], "cook scrape wiki-dump --fetch: pages fetched")
-    return {"dump": str(path), "out": str(out_dir), "fetch": True, "truncated": False, **result}
+    summary = {"dump": str(path), "out": str(out_dir), "fetch": True, "truncated": False, **result}
+    transient = [f for f in failed if f.get("transient", True)]
+    if transient:  # saved, but not done: the next run retries exactly these
+        from model.errors import Incomplete
+
+        e = Incomplete(f"wiki-dump --fetch: {len(transient)} pages failed (e.g. {transient[0]['error']}); "
+                       f"run the same command again to retry them")
+        e.summary = summary
+        raise e
+    return summary
 
 
 def shard_rows(s: dict) -> list[dict]:

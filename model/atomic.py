@@ -79,18 +79,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def clean_stale_temps(folder: str | os.PathLike) -> int:
-    """Remove temp files/folders left by a crashed writer in `folder`; return how many."""
+def clean_stale_temps(folder: str | os.PathLike, match=None) -> int:
+    """Remove temp files/folders left by a crashed writer in `folder`: the names `match(name)` accepts, by default
+    any `.*.tmp` or `.*.old-*`. Returns how many."""
     folder = Path(folder)
     n = 0
     if not folder.is_dir():
         return 0
     for child in folder.iterdir():
-        if child.name.startswith(".") and (child.name.endswith(".tmp") or ".old-" in child.name):
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    child.unlink()
-            n += 1
+        name = child.name
+        if not (match(name) if match is not None else name.startswith(".") and (name.endswith(".tmp") or ".old-" in name)):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                child.unlink()
+        n += 1
     return n

@@ -1,8 +1,10 @@
-"""Test setup: one session-wide Prefect test harness (a real local API) with PREFECT_HOME in a temp dir."""
+"""Test setup: one session-wide Prefect test harness (a real local API) with PREFECT_HOME in a temp dir, which is
+removed when the session ends, together with the temp files of every process the tests start (TMPDIR)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(_HOME) / "tiktoken-empty")  # never reach the network for encodings
+# Child processes (cook, torchrun, prefect server and workers) and Dask keep their temp files in the session's home,
+# so nothing is left in /tmp. This process keeps /tmp (mkdtemp above fixed tempfile.tempdir): pytest's tmp_path too.
+(Path(_HOME) / "tmp").mkdir()
+os.environ["TMPDIR"] = str(Path(_HOME) / "tmp")
+os.environ["DASK_TEMPORARY_DIRECTORY"] = str(Path(_HOME) / "dask")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +38,11 @@ def prefect_api():
         yield PREFECT_API_URL.value()
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's PREFECT_HOME (database, results, temp files) once every fixture is torn down."""
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
 @pytest.fixture
 def cook_env(prefect_api, tmp_path):
     """Environment for `cook` subprocesses: the session's Prefect API and a data dir in tmp."""
@@ -40,6 +52,32 @@ def cook_env(prefect_api, tmp_path):
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
+
+
+def tagged_flow_runs(client, tag: str, running: bool = False) -> list:
+    """The flow runs that carry `tag` (only running ones if `running`): the test's own, never another test's (an
+    unfiltered `read_flow_runs()` sees only the first 200). Start the flow inside `with prefect.tags(tag):`."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+    from prefect.client.schemas.objects import StateType
+
+    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])) if running else None
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=state))
+
+
+def artifacts_of(client, flow_runs, key: str | None = None) -> list:
+    """The artifacts that these flow runs made (with `key` if given)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    return client.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in flow_runs]),
+        key=ArtifactFilterKey(any_=[key]) if key else None))
+
+
+def new_tag() -> str:
+    """A tag that marks one test's flow runs."""
+    import uuid
+
+    return f"test-{uuid.uuid4().hex[:12]}"
 
 
 def run_cook(args: list[str], env: dict, timeout: float = 300, **kw) -> subprocess.CompletedProcess:

@@ -16,12 +16,17 @@ real-looking clutter, and faults.
 - Faults, per path: `faults[path] = ["429", "503", "hang", ...]` answered in turn before the page itself
   (429 and 503 carry `Retry-After: retry_after`; a hang sleeps `hang_s`); `fail_always` paths answer 503.
 - `robots`: the robots.txt text, or a status code (404, 403...) to answer it with.
-- Counters: `requests[path]` (every request), `served[path]` (200 answers), `arrivals` (monotonic times),
-  `max_in_flight` (requests being answered at once; a hang leaves the count when it starts), `user_agents`.
+- Articles carry `ETag` and `Last-Modified` (unless `validators=False`) and answer 304 to a matching
+  If-None-Match / If-Modified-Since. `FakeSite.edit(slug)` rewrites an article's text (a new ETag and date).
+- Counters: `requests[path]` (every request), `served[path]` (200 answers), `not_modified[path]` (304 answers),
+  `arrivals` (monotonic times), `fault_times` ([(monotonic time a 429/503 was sent, path)]), `max_in_flight`
+  (requests being answered at once; a hang leaves the count when it starts), `user_agents`.
 """
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import html
 import random
 import threading
@@ -46,6 +51,11 @@ class Article:
     title: str
     blocks: list[str] = field(default_factory=list)
     html: str = ""
+    modified: float = 1_700_000_000.0  # Last-Modified, seconds since the epoch
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.html.encode()).hexdigest()[:16] + '"'
 
 
 class FakeSite:
@@ -137,6 +147,13 @@ class FakeSite:
     def body_text(self, slug: str) -> str:
         return "\n\n".join(self.articles[slug].blocks)
 
+    def edit(self, slug: str, seed: int = 1) -> None:
+        """Rewrite an article's text (same title, new words): a new ETag and a later Last-Modified."""
+        a = self.articles[slug]
+        a.blocks = []
+        self._render(a, random.Random(f"{slug}-{seed}"))
+        a.modified += 3600 * seed
+
     def search_page(self, query: str, page: int, per_page: int, base: str) -> tuple[str, list[str]]:
         """The HTML of one search result page and the slugs it lists."""
         hits = self.queries.get(query, [])
@@ -176,7 +193,7 @@ class FakeBritannica:
     """`with FakeBritannica(site) as b: b.url` — the site's base URL (`http://127.0.0.1:PORT`)."""
 
     def __init__(self, site: FakeSite | None = None, *, per_page: int = 3, latency_s: float = 0.0,
-                 retry_after: str = "1", hang_s: float = 2.0, robots: str | int = ROBOTS):
+                 retry_after: str = "1", hang_s: float = 2.0, robots: str | int = ROBOTS, validators: bool = True):
         self.site = site or FakeSite()
         self.robots = robots  # the robots.txt text, or a status code to answer it with
         self.per_page = per_page
@@ -188,6 +205,9 @@ class FakeBritannica:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
+        self.not_modified: Counter[str] = Counter()
+        self.fault_times: list[tuple[float, str]] = []
+        self.validators = validators
         self.faults_sent: Counter[str] = Counter()
         self.user_agents: set[str] = set()
         self.arrivals: list[float] = []
@@ -278,6 +298,8 @@ class FakeBritannica:
             return False
         if fault in ("429", "503"):
             self._send(h, int(fault), f"<html><body>zqx{fault}</body></html>", headers={"Retry-After": self.retry_after})
+            with self._lock:
+                self.fault_times.append((time.monotonic(), key))
             return True
         if u.path == "/robots.txt" and isinstance(self.robots, int):
             self._send(h, self.robots, "zqx", "text/plain; charset=utf-8")
@@ -291,7 +313,19 @@ class FakeBritannica:
         elif u.path.startswith("/topic/") and u.path[len("/topic/"):] in self.site.redirects:
             self._send(h, 301, "", headers={"Location": self.site.redirects[u.path[len("/topic/"):]]})
         elif u.path.startswith("/topic/") and u.path[len("/topic/"):] in self.site.articles:
-            self._send(h, 200, self.site.articles[u.path[len("/topic/"):]].html)
+            a = self.site.articles[u.path[len("/topic/"):]]
+            if not self.validators:
+                self._send(h, 200, a.html)
+            else:
+                stamp = email.utils.formatdate(a.modified, usegmt=True)
+                since = email.utils.parsedate_to_datetime(h.headers["If-Modified-Since"]).timestamp() if h.headers.get("If-Modified-Since") else None
+                match = h.headers.get("If-None-Match")
+                if (match is not None and match == a.etag) or (match is None and since is not None and since >= a.modified):
+                    self._send(h, 304, "", headers={"ETag": a.etag, "Last-Modified": stamp})
+                    with self._lock:
+                        self.not_modified[key] += 1
+                    return True
+                self._send(h, 200, a.html, headers={"ETag": a.etag, "Last-Modified": stamp})
         else:
             self._send(h, 404, "<html><body>zqx not found</body></html>")
             return True

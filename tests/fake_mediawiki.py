@@ -14,8 +14,13 @@ Serves a generated wiki of `n_pages` articles (formatversion=2 JSON):
 - Faults (`faults` counts per kind, drawn with probability `fault_rate` per request, at most `per_key_cap`
   per request target so retries win): 429 and maxlag with Retry-After, 503, truncated bodies (cut short
   with the full Content-Length, or a clean cut of the JSON) and hangs (sleep `hang_s`, past the client's
-  timeout). `fail_always` holds page ids answered 503 every time. `latency_s` delays every answer.
-- Counters: `parse_counts[pageid]` (complete parse answers sent), `parse_requests[pageid]` (faults included), `arrivals` (monotonic times), `max_in_flight` (requests being answered at
+  timeout). `fail_always` holds page ids answered 503 every time (with `Retry-After: fail_retry_after` if set). `latency_s` delays every answer.
+- `action=query&prop=info&pageids=A|B` (up to 50): `lastrevid` per page, `missing` for a deleted one.
+  `FakeWiki.edit(pageid, add_links=...)` changes a page between runs (new revid, new text, new links);
+  `FakeWiki.add_page(title)` adds one.
+- Counters: `parse_counts[pageid]` (complete parse answers sent), `parse_requests[pageid]` (faults included),
+  `info_requests` (`prop=info` requests), `arrivals` (monotonic times), `fault_times` ([(monotonic time a
+  429/maxlag answer with Retry-After was sent, kind)]), `max_in_flight` (requests being answered at
   once; a hung request leaves the count when it starts hanging, as the client has given up on it).
 """
 
@@ -197,6 +202,23 @@ class FakeWiki:
     def body_text(self, pageid: int) -> str:
         return "\n\n".join(self.pages[pageid].blocks)
 
+    def edit(self, pageid: int, add_links: list[int] = ()) -> None:
+        """An edit: a new revision id and new text (deterministic), plus links to `add_links`."""
+        page = self.pages[pageid]
+        page.revid += 1
+        page.links = page.links + [i for i in add_links if i not in page.links]
+        page.blocks = []
+        self._render(page, random.Random(page.revid), new_headings=pageid % 2 == 0)
+
+    def add_page(self, title: str, links: list[int] = ()) -> int:
+        """A new article (found by search for words of its title); returns its page id."""
+        pid = max(self.pages) + 7
+        page = Page(pid, title, 50_000 + pid * 3, list(links))
+        self.pages[pid] = page
+        self.by_title[title] = pid
+        self._render(page, random.Random(pid), new_headings=pid % 2 == 0)
+        return pid
+
     def links_of(self, page: Page) -> list[dict]:
         """The parse API's `links` list: ns 0 targets (some by redirect title), red links, other namespaces."""
         links = []
@@ -254,11 +276,14 @@ class FakeMediaWiki:
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.fail_always: set[int] = set()
+        self.fail_retry_after: str | None = None  # a Retry-After on the fail_always 503s (None: none)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.parse_counts: Counter[int] = Counter()  # successful parse answers per pageid
         self.parse_requests: Counter[int] = Counter()  # parse requests per pageid, faults included
         self.faults_sent: Counter[str] = Counter()
+        self.fault_times: list[tuple[float, str]] = []
+        self.info_requests = 0
         self._faults_per_key: Counter[str] = Counter()
         self.arrivals: deque[float] = deque()
         self.user_agents: set[str] = set()
@@ -359,7 +384,8 @@ class FakeMediaWiki:
                 self.parse_requests[pid] += 1
         key = f"{action}:{q.get('pageid') or q.get('page') or q.get('srsearch') or q.get('titles') or q.get('sroffset')}"
         if pid is not None and pid in self.fail_always:
-            self._send(h, 503, b"<html><body>Our servers are currently under maintenance</body></html>", "text/html")
+            extra = {"Retry-After": self.fail_retry_after} if self.fail_retry_after is not None else None
+            self._send(h, 503, b"<html><body>Our servers are currently under maintenance</body></html>", "text/html", extra)
             return True
         kind = self._fault(key)
         if kind == "hang":
@@ -370,6 +396,8 @@ class FakeMediaWiki:
             return False
         if kind == "429":
             self._send(h, 429, b"<html><body><h1>Too many requests</h1></body></html>", "text/html", {"Retry-After": self.retry_after})
+            with self._lock:
+                self.fault_times.append((time.monotonic(), kind))
             return True
         if kind == "503":
             self._send(h, 503, b"<html><body>upstream connect error or disconnect/reset before headers</body></html>", "text/html")
@@ -381,6 +409,8 @@ class FakeMediaWiki:
                                                      "docref": "See https://en.wikipedia.org/w/api.php for API usage."},
                                            "servedby": "mw-api-ext.eqiad.main"}).encode(),
                        headers={"Retry-After": self.retry_after, "X-Database-Lag": "6"})
+            with self._lock:
+                self.fault_times.append((time.monotonic(), kind))
             return True
         answer = self._answer(q, pid)
         body = json.dumps(answer, ensure_ascii=False).encode()
@@ -418,6 +448,16 @@ class FakeMediaWiki:
             return {"batchcomplete": True, "query": {"general": {"mainpage": "Main Page", "base": host + "/wiki/Main_Page",
                     "sitename": "Wikipedia", "lang": "en", "articlepath": "/wiki/$1", "scriptpath": "/w", "server": host,
                     "servername": "127.0.0.1", "wikiid": "enwiki", "generator": "MediaWiki 1.43.0-wmf.1"}}}
+        if action == "query" and q.get("prop") == "info" and "pageids" in q:
+            with self._lock:
+                self.info_requests += 1
+            ids = [int(i) for i in q["pageids"].split("|") if i.isdigit()]
+            if len(ids) > 50:
+                return {"error": {"code": "toomanyvalues", "info": "Too many values supplied for parameter \"pageids\". The limit is 50."}}
+            return {"batchcomplete": True, "query": {"pages": [
+                {"pageid": i, "ns": 0, "title": wiki.pages[i].title, "contentmodel": "wikitext", "pagelanguage": "en",
+                 "touched": "2024-05-01T12:00:00Z", "lastrevid": wiki.pages[i].revid, "length": len(wiki.pages[i].html)}
+                if i in wiki.pages else {"pageid": i, "missing": True} for i in ids]}}
         if action == "query" and "titles" in q:
             titles = [t for t in q["titles"].split("|") if t]
             normalized, redirects, pages = [], [], []

@@ -47,12 +47,14 @@ class Loopback:
         self.host = host_of(self.url)
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.thread = threading.Thread(target=self.server.serve_forever, name="loopback", daemon=True)
+        self.thread.start()
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
+        self.server.shutdown()  # serve_forever returns: the thread ends
         self.server.server_close()
+        self.thread.join(timeout=10)
 
     def peak_starts_per_s(self) -> int:
         """The most request starts within any one-second window."""

@@ -32,10 +32,13 @@ def _prose(n: int, seed: int) -> list[str]:
 
 
 def _flow_run(client, flow_name: str, **params):
-    """The latest run of `flow_name` whose parameters include `params`."""
+    """The latest run of `flow_name` whose parameters include `params` (an output folder in the test's tmp_path).
+    Newest first: a page of runs (200 at most) always holds the run just made, however many the session has."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                 sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
     runs = [r for r in runs if all(r.parameters.get(k) == v for k, v in params.items())]
     assert runs, f"no {flow_name} run with {params}"
     return max(runs, key=lambda r: r.created)

@@ -68,3 +68,90 @@ def test_failure_inside_a_flow_is_one_line(cook, corpus, tmp_path):
     _one_line_error(proc, "truncated token shard")
     assert "Finished in state Failed" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+# --- help texts ----------------------------------------------------------------------------------------
+
+
+def _commands():
+    """(path, click command) for every command and subcommand of `cook`."""
+    import typer.main
+
+    from flows.cli import app
+
+    def walk(cmd, path):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_help_texts_are_shown_whole_with_their_defaults():
+    """Every command's --help shows each option's help text as written ("[default: ...]" included; rich markup used
+    to eat it, leaving "Output folder .") and the default of each option that has one."""
+    import click
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    commands = _commands()
+    assert {" ".join(p) for p, _ in commands} >= {"", "scrape", "scrape wikipedia", "scrape wiki-dump", "merge", "train"}
+    runner = CliRunner()
+    for path, cmd in commands:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        where = f"cook {' '.join(path)} --help"
+        assert result.exit_code == 0 and "Usage:" in result.output, (where, result.output)
+        for line in result.output.splitlines():
+            assert not line.rstrip().endswith(" ."), (where, line)
+        shown = " ".join(result.output.split())
+        for param in cmd.params:
+            if not isinstance(param, click.Option) or not param.help:
+                continue
+            text = " ".join(param.help.split())
+            assert text in shown, (where, text)
+            if param.default not in (None, [], ()) and not (param.is_flag and not param.default) and param.show_default is not False:
+                assert f"{text} [default: " in shown, (where, param.opts, shown)
+
+
+def test_help_of_the_real_command(cook, cook_env):
+    proc = cook(["scrape", "wikipedia", "--help"], env={**cook_env, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    shown = " ".join(proc.stdout.split())
+    assert "Output folder [default: DATA_DIR/wikipedia]." in shown and "[default: the built-in ~40 topics]" in shown, proc.stdout
+
+
+# --- an output folder that cannot be written -----------------------------------------------------------
+
+# each command that writes a folder: its arguments besides that folder, and the folder's option
+WRITERS = {
+    "scrape wikipedia": ([], "--out"),
+    "scrape britannica": ([], "--out"),
+    "scrape youtube": ([], "--out"),
+    "scrape wiki-dump": (["dump.xml"], "--out"),
+    "unparquet": (["in.parquet"], "--out"),
+    "merge": (["in.parquet"], "--out"),
+    "tokenize": (["in.parquet"], "--out"),
+    "train": (["--data", "tokens"], "--run"),
+}
+
+
+def test_unwritable_out_is_refused_before_anything_runs(cook, cook_env, tmp_path):
+    """A folder under a file, or in /proc (unwritable even for root, who ignores permission bits): exit 2, one line
+    naming the folder, nothing written; for every command with --out (or train's --run)."""
+    with_out = {" ".join(p) for p, cmd in _commands() if any(o in ("--out", "--run") for prm in cmd.params for o in prm.opts)}
+    assert with_out == set(WRITERS), with_out
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for command, (args, flag) in WRITERS.items():
+        for out, why in ((afile / "out", f"{afile} is not a folder"), (Path("/proc/cook-test-out"), "cannot write in /proc")):
+            proc = cook([*command.split(), *args, flag, out], cwd=tmp_path)
+            assert proc.returncode == 2, (command, out, proc.stdout + proc.stderr)
+            line = _one_line_error(proc, f"{flag} {out}", why)
+            assert proc.stderr.strip() == line, (command, proc.stderr)
+    # the default folder under an unwritable COOK_DATA_DIR
+    proc = cook(["scrape", "wikipedia"], env={**cook_env, "COOK_DATA_DIR": str(afile / "data")}, cwd=tmp_path)
+    assert proc.returncode == 2
+    _one_line_error(proc, f"{afile / 'data' / 'wikipedia'}", "COOK_DATA_DIR", f"{afile} is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "keep"
+    assert not Path("/proc/cook-test-out").exists()

@@ -15,19 +15,18 @@ import socket
 from functools import partial
 from pathlib import Path
 
+import distributed  # the `dev` extra installs prefect-dask: a missing one fails here, never skips
+import prefect_dask  # noqa: F401
 import pytest
 
-distributed = pytest.importorskip("distributed")
-pytest.importorskip("prefect_dask")
-
-from flows.merge import merge_flow  # noqa: E402
-from flows.runners import dask_target  # noqa: E402
-from flows.tokenize import tokenize_flow  # noqa: E402
-from flows.unparquet import unparquet_flow  # noqa: E402
-from flows.wiki_dump import wiki_dump_flow  # noqa: E402
-from model.errors import CookError  # noqa: E402
-from tasks.corpus.documents import write_documents  # noqa: E402
-from tasks.corpus.merge import merge_documents  # noqa: E402
+from flows.merge import merge_flow
+from flows.runners import dask_target
+from flows.tokenize import tokenize_flow
+from flows.unparquet import unparquet_flow
+from flows.wiki_dump import wiki_dump_flow
+from model.errors import CookError
+from tasks.corpus.documents import write_documents
+from tasks.corpus.merge import merge_documents
 from tasks.corpus.tokenize import tokenize_corpus  # noqa: E402
 from tasks.sources.wikidump import extract_dump  # noqa: E402
 from tests.dumpgen import make_pages, write_dump  # noqa: E402

@@ -99,7 +99,7 @@ def test_defaults_are_the_scrapers_own():
     finally:
         api.close()
     assert api.concurrency == defaults(PoliteClient, "concurrency")[0]
-    assert SCRAPER_DEFAULTS["youtube"][1] == Limits(*defaults(youtube.fetch_batch, "concurrency"), None)
+    assert SCRAPER_DEFAULTS["youtube"][1] == Limits(*defaults(youtube.fetch_batch, "concurrency"), youtube.YouTubeOptions.model_fields["rate_limit"].default)
     assert set(default_limits()) == {"en.wikipedia.org", "www.britannica.com", "www.googleapis.com", "www.youtube.com"}
 
 
@@ -122,7 +122,7 @@ def test_server_setup_is_idempotent(cook, cook_env):
            "COOK_BRITANNICA_URL": "http://wiki.cook-test.invalid:8001",  # one host for two scrapers: the stricter limits
            "COOK_YOUTUBE_API_URL": "http://api.cook-test.invalid/youtube/v3",
            "COOK_YOUTUBE_URL": "http://tube.cook-test.invalid"}
-    wanted = {"wiki.cook-test.invalid:8001": (4, 5.0), "api.cook-test.invalid": (4, 20.0), "tube.cook-test.invalid": (4, None)}
+    wanted = {"wiki.cook-test.invalid:8001": (4, 5.0), "api.cook-test.invalid": (4, 20.0), "tube.cook-test.invalid": (4, 2.0)}
     names = [n for host, (_, rate) in wanted.items() for n in limit_names(host)[: 1 if rate is None else 2]]
 
     first = cook(["server-setup"], env=env)
@@ -226,3 +226,41 @@ def test_no_prefect_server_means_own_limits_only(cook_env):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "4" and "global" not in p.stderr and "Prefect" not in p.stderr, p.stderr
     assert site.max_in_flight == 2
+
+
+def test_a_limit_that_stays_full_is_waited_for_then_left(api_env, monkeypatch):
+    """A global concurrency limit whose only slot a stuck run holds: a request waits COOK_LIMIT_WAIT_S (423 after
+    423), then goes on within its own limits, says so once, and leaves the host's global limits alone for a while."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.core.http import PoliteClient
+    from tasks.core.limits import log as limits_log
+    from tasks.core.settings import get_settings
+
+    seen: list[str] = []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = lambda record: seen.append(record.getMessage())
+    monkeypatch.setenv("COOK_LIMIT_WAIT_S", "1.5")
+    get_settings.cache_clear()
+    limits_log.addHandler(collect)
+    with Loopback(hold_s=0.0) as site:
+        conc_name = limit_names(site.host)[0]
+        with get_client(sync_client=True) as client:
+            ensure_limits(client, {site.host: Limits(1, 200.0)})
+            stuck = client.increment_concurrency_slots_with_lease(names=[conc_name], slots=1, mode="concurrency",
+                                                                  lease_duration=300).json()["lease_id"]
+        crawler = PoliteClient(concurrency=1, rate_limit=200.0, retries=0)
+        try:
+            codes = [crawler.get(f"{site.url}/p{i}").status_code for i in range(3)]
+        finally:
+            crawler.close()
+            limits_log.removeHandler(collect)
+            with get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(stuck)
+            drop_limits(site.host)
+            monkeypatch.undo()
+            get_settings.cache_clear()
+    assert codes == [200] * 3
+    assert len(site.starts) == 3
+    full = [m for m in seen if site.host in m]
+    assert len(full) == 1 and "full for 1.5 s (COOK_LIMIT_WAIT_S)" in full[0] and "own limits" in full[0], seen

@@ -283,3 +283,28 @@ def test_cli_bad_shard_size(cook, corpus, tmp_path):
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "bad size" in lines[0], proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("new_first", [False, True])
+def test_newest_copy_of_an_id_supersedes_older_ones(tmp_path, new_first):
+    """A page fetched again after it changed: one document per id, the newest `fetched_at`, whatever the file
+    order; the older copies go to rejects as superseded (even one whose text equals another kept document)."""
+    from datetime import timedelta
+
+    old = [mk("p1", prose(11)), mk("p2", prose(12)), mk("p3", prose(13)), mk("solo", prose(14))]
+    new = [{**mk("p1", prose(21)), "fetched_at": T0 + timedelta(days=1)},
+           {**mk("p2", prose(12)), "fetched_at": T0 + timedelta(days=1)},  # re-fetched, unchanged text
+           {**mk("p3", prose(23)), "fetched_at": T0 + timedelta(days=2)}]
+    newer = [{**mk("p3", prose(33)), "fetched_at": T0 + timedelta(days=3)}]
+    names = ["a", "b", "c"] if new_first else ["c", "b", "a"]  # sorted input order: newest first, or oldest first
+    write_documents(tmp_path / "in" / f"{names[2]}.parquet", old)
+    write_documents(tmp_path / "in" / f"{names[1]}.parquet", new)
+    write_documents(tmp_path / "in" / f"{names[0]}.parquet", newer)
+    stats = merge_documents([tmp_path / "in"], tmp_path / "out")
+    kept = {d["id"]: d["text"] for d in read_all(tmp_path / "out")}
+    assert kept == {"p1": prose(21), "p2": prose(12), "p3": prose(33), "solo": prose(14)}
+    rejects = read_all(tmp_path / "out" / "rejects")
+    assert sorted((d["id"], d["reason"], d["duplicate_of"]) for d in rejects) == [
+        ("p1", "superseded", "p1"), ("p2", "superseded", "p2"), ("p3", "superseded", "p3"), ("p3", "superseded", "p3")]
+    assert {d["text"] for d in rejects} == {prose(11), prose(12), prose(13), prose(23)}
+    assert stats["rejected"] == {"superseded": 4}

@@ -105,3 +105,37 @@ def test_pipeline_skips_unchanged_stages(cook, cook_env, tmp_path):
 def test_pipeline_bad_input_is_one_line(cook):
     r = cook(["pipeline", "--source", "wiki-dump"])
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: source wiki-dump needs dumps (paths to pages-articles XML dumps)"]
+
+
+def test_a_gather_stage_with_failures_does_not_stop_the_pipeline(cook, cook_env):
+    """A page that keeps failing leaves `gather wikipedia` incomplete: merge, tokenize and train still run on what was
+    gathered, and the pipeline exits 3 naming the stage. With the page back, the next run fetches only that page and
+    ends clean (exit 0)."""
+    from fake_mediawiki import FakeMediaWiki, FakeWiki
+
+    wiki = FakeWiki(n_pages=12, seed=3, links_per_page=1, missing=0)
+    with FakeMediaWiki(wiki) as api:
+        api.fail_retry_after = "0"  # the client's retries of the failing page take no time
+        failing = wiki.search("Alpha")[0][0]
+        api.fail_always.add(failing)
+        env = {**cook_env, "COOK_WIKIPEDIA_API_URL": api.url}
+        args = ["pipeline", "--source", "wikipedia", "--source", "pydoc", "--query", "Alpha", "--max-pages", "4",
+                "--depth", "0", "--chunks", "1", "--iters-per-chunk", "5"]
+        first = cook(args, env=env)
+        assert first.returncode == 3, first.stderr[-3000:]
+        error = [ln for ln in first.stderr.splitlines() if ln.startswith("error:")]
+        assert len(error) == 1 and "gather wikipedia" in error[0] and "run the same command again" in error[0], error
+        assert _stages(first.stdout + first.stderr) == {"gather wikipedia": "incomplete", "gather pydoc": "ran",
+                                                        "merge": "ran", "tokenize": "ran", "train": "ran"}
+        data = Path(cook_env["COOK_DATA_DIR"])
+        assert list((data / "runs").glob("*/checkpoints/chunk_000001/model.safetensors")), "trained on what was gathered"
+        fetched_once = {p for p, n in api.parse_counts.items() if n}
+        assert failing not in fetched_once and all(api.parse_counts[p] == 1 for p in fetched_once)
+
+        api.fail_always.clear()
+        again = cook(args, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert _stages(again.stdout + again.stderr) == {"gather wikipedia": "ran", "gather pydoc": "unchanged",
+                                                        "merge": "ran", "tokenize": "ran", "train": "ran"}
+        assert api.parse_counts[failing] == 1 and all(api.parse_counts[p] == 1 for p in fetched_once), \
+            "the second run fetched the page that failed, and nothing else again"

@@ -78,9 +78,9 @@ class Shell:
             self.env[key] = os.path.expandvars(value)
             return subprocess.CompletedProcess(line, 0, "", "")
         if line.endswith("&"):
-            log = open(self.logs / f"background-{len(self.background)}.log", "w")
-            proc = subprocess.Popen(["bash", "-c", "exec " + line[:-1].strip()], env=self.env, cwd=REPO, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            with open(self.logs / f"background-{len(self.background)}.log", "w") as log:  # the child keeps its own
+                proc = subprocess.Popen(["bash", "-c", "exec " + line[:-1].strip()], env=self.env, cwd=REPO, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             self.background.append(proc)
             return subprocess.CompletedProcess(line, 0, "", "")
         r = subprocess.run(["bash", "-c", line], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)

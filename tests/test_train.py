@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from chardata import make_char_data
+from conftest import artifacts_of, new_tag, tagged_flow_runs
 from safetensors.torch import load_file
 
 from model.checkpoint import load_model_file, read_state
@@ -25,6 +26,7 @@ from model.train import lr_at, prepare_run, read_run, train_worker
 from tasks.training.train import check_train_args
 
 REPO = Path(__file__).resolve().parents[1]
+REF_TAG = new_tag()  # marks the reference run's flow run
 # the reference run: 3 chunks; the subprocess test must use the very same flags
 CHUNKS, ITERS, SEED = 3, 60, 7
 FLAGS = ["--chunks", CHUNKS, "--iters-per-chunk", ITERS, "--seed", SEED, "--eval-interval", ITERS, "--eval-iters", 4]
@@ -51,11 +53,14 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ref_run(data, tmp_path_factory, prefect_api) -> Path:
     """An uninterrupted 3-chunk run through the Prefect flow, in this process."""
+    import prefect
+
     from flows.train import train_flow
 
     run = tmp_path_factory.mktemp("ref") / "run"
-    train_flow(data=str(data), run=str(run), preset="tiny", chunks=CHUNKS, iters_per_chunk=ITERS, seed=SEED,
-               eval_interval=ITERS, eval_iters=4)
+    with prefect.tags(REF_TAG):
+        train_flow(data=str(data), run=str(run), preset="tiny", chunks=CHUNKS, iters_per_chunk=ITERS, seed=SEED,
+                   eval_interval=ITERS, eval_iters=4)
     return run
 
 
@@ -113,11 +118,10 @@ def test_three_chunks_checkpoints_seeds_lr(ref_run):
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-chunk-2"])))
-    assert arts and "| iter | train loss | val loss | lr |" in arts[0].data
+        arts = artifacts_of(client, tagged_flow_runs(client, REF_TAG), "train-chunk-2")
+    assert len(arts) == 1 and "| iter | train loss | val loss | lr |" in arts[0].data
 
 
 def test_extend_rerun_and_retention(ref_run, tmp_path):
@@ -239,10 +243,24 @@ def test_sigkill_then_sigterm_resume_bit_identical(ref_run, data, tmp_path, cook
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--run", str(run), "--preset", "tiny", *map(str, FLAGS)]
 
+    procs: list[subprocess.Popen] = []
+
     def start(name: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}.log"
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT), log
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT))
+        return procs[-1], log
 
+    try:
+        _kill_term_finish(start, run, ref_run)
+    finally:  # a failed check leaves no training behind
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+
+
+def _kill_term_finish(start, run: Path, ref_run: Path) -> None:
     p, _ = start("kill")
     _wait_for(lambda: _has_line(run, 2), p)
     p.kill()
@@ -289,6 +307,7 @@ def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
     """Cancelling the flow run from Prefect stops training at the next iteration with a checkpoint."""
     import threading
 
+    import prefect
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 
@@ -296,26 +315,35 @@ def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
 
     run = tmp_path / "run"
     box: dict = {}
+    tag = new_tag()  # marks this test's flow run
 
     def target():
         try:
-            train_flow(data=str(data), run=str(run), preset="tiny", chunks=1, iters_per_chunk=5000, seed=1,
-                       eval_interval=5000, eval_iters=2)
+            with prefect.tags(tag):
+                train_flow(data=str(data), run=str(run), preset="tiny", chunks=1, iters_per_chunk=5000, seed=1,
+                           eval_interval=5000, eval_iters=2)
         except BaseException as e:  # noqa: BLE001 - the outcome is what we check
             box["error"] = e
 
     t = threading.Thread(target=target)
     t.start()
-    deadline = time.time() + 120
-    while not _has_line(run, 1) and time.time() < deadline:
-        time.sleep(0.05)
-    with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs() if r.state is not None and r.state.is_running() and r.name]
-        runs = [r for r in runs if r.parameters.get("run") == str(run)]
-        assert len(runs) == 1
-        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
-    t.join(timeout=120)
-    assert not t.is_alive()
+    try:
+        deadline = time.time() + 120
+        while not _has_line(run, 1) and time.time() < deadline:
+            time.sleep(0.05)
+        with get_client(sync_client=True) as client:
+            runs = tagged_flow_runs(client, tag, running=True)
+            assert len(runs) == 1 and runs[0].parameters.get("run") == str(run)
+            client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+        t.join(timeout=120)
+        assert not t.is_alive()
+    finally:  # a failed check still stops the training thread
+        if t.is_alive():
+            with get_client(sync_client=True) as client:
+                for r in tagged_flow_runs(client, tag, running=True):
+                    client.set_flow_run_state(r.id, Cancelling(), force=True)
+            t.join(timeout=120)
     assert "interrupted: saved checkpoint at iteration" in str(box.get("error"))
     mids = [n for n in chunk_dirs(run) if "-iter_" in n]
     assert len(mids) == 1 and 0 < read_state(run / "checkpoints" / mids[0])["iteration"] < 5000
+

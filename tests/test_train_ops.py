@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import signal
@@ -195,23 +196,34 @@ def test_gpus_cli_matches_hand_torchrun(data, tmp_path, cook, cook_env):
 def test_gpus_sigterm_then_cancellation(data, tmp_path, cook_env, prefect_api):
     """SIGTERM to `cook train --gpus 2`: the ranks save a mid-chunk checkpoint and exit, none left running.
     The same run resumed (in this process) from there, then cancelled from Prefect: the same again."""
+    import prefect
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 
+    from conftest import new_tag, tagged_flow_runs
     from flows.train import train_flow
 
     run = tmp_path / "run"
     args = dict(preset="tiny", chunks=1, iters_per_chunk=5000, seed=9, grad_accum=2, eval_interval=5000, eval_iters=2)
     log = tmp_path / "term.log"
-    p = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--run", str(run), "--device", "cpu",
-                          "--gpus", "2", *_flags(args)], env={**cook_env, "OMP_NUM_THREADS": "1"}, cwd=REPO,
-                         stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    _wait_for(lambda: _has_line(run, 1), lambda: p.poll() is None)
-    children = psutil.Process(p.pid).children(recursive=True)  # torchrun and its 2 ranks
-    ranks = [c for c in children if "model.launch" in c.cmdline() and "torch.distributed.run" not in c.cmdline()]
-    assert len(ranks) == 2
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=120) != 0
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--run", str(run),
+                              "--device", "cpu", "--gpus", "2", *_flags(args)], env={**cook_env, "OMP_NUM_THREADS": "1"},
+                             cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    children: list[psutil.Process] = []
+    try:
+        _wait_for(lambda: _has_line(run, 1), lambda: p.poll() is None)
+        children = psutil.Process(p.pid).children(recursive=True)  # torchrun and its 2 ranks
+        ranks = [c for c in children if "model.launch" in c.cmdline() and "torch.distributed.run" not in c.cmdline()]
+        assert len(ranks) == 2
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=120) != 0
+    except BaseException:  # a failed check leaves neither the CLI nor its ranks running
+        for proc in [psutil.Process(p.pid)] + children if p.poll() is None else children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        p.wait(timeout=30)
+        raise
     out = log.read_text()
     m = re.search(r"interrupted: saved checkpoint at iteration (\d+) \((\S+)\) — run the same command to resume", out)
     assert m, out[-3000:]
@@ -226,26 +238,34 @@ def test_gpus_sigterm_then_cancellation(data, tmp_path, cook_env, prefect_api):
     curve = (run / "loss.png").stat().st_mtime_ns  # drawn at the end of the flow, stopped or not
 
     box: dict = {}
+    tag = new_tag()  # marks this test's flow run
 
     def target():
         try:
-            train_flow(data=str(data), run=str(run), device="cpu", gpus=2, **args)
+            with prefect.tags(tag):
+                train_flow(data=str(data), run=str(run), device="cpu", gpus=2, **args)
         except BaseException as e:  # noqa: BLE001 - the outcome is what we check
             box["error"] = e
 
     t = threading.Thread(target=target)
     t.start()
-    _wait_for(lambda: _has_line(run, 1, after_iter=saved), t.is_alive)
-    first = min(json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()
-                if json.loads(line)["iter"] > saved)
-    assert first == saved + 1  # resumed where it stopped
-    with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs() if r.state is not None and r.state.is_running()
-                and r.parameters.get("run") == str(run)]
-        assert len(runs) == 1
-        client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
-    t.join(timeout=120)
-    assert not t.is_alive()
+    try:
+        _wait_for(lambda: _has_line(run, 1, after_iter=saved), t.is_alive)
+        first = min(json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["iter"] > saved)
+        assert first == saved + 1  # resumed where it stopped
+        with get_client(sync_client=True) as client:
+            runs = tagged_flow_runs(client, tag, running=True)
+            assert len(runs) == 1 and runs[0].parameters.get("run") == str(run)
+            client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+        t.join(timeout=120)
+        assert not t.is_alive()
+    finally:  # a failed check still stops the training thread (and its ranks, which the flow stops)
+        if t.is_alive():
+            with get_client(sync_client=True) as client:
+                for r in tagged_flow_runs(client, tag, running=True):
+                    client.set_flow_run_state(r.id, Cancelling(), force=True)
+            t.join(timeout=120)
     m2 = re.search(r"interrupted: saved checkpoint at iteration (\d+)", str(box.get("error")))
     assert m2 and int(m2.group(1)) > saved, box
     assert f"chunk_000001-iter_{int(m2.group(1)):07d}" in _chunk_dirs(run)

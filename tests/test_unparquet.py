@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import artifacts_of, new_tag, tagged_flow_runs
 
 from model.errors import CookError
 from tasks.corpus.documents import read_text_documents
@@ -31,6 +33,11 @@ COSMO_ORDERS = {  # Cosmopedia's column order differs between subsets
 UNICODE = ["emoji 😀🚀 and ZWJ 👩‍💻", "中文字符 日本語のテキスト 한국어", "combining e\u0301 a\u0308 ñ vs ñ", "rtl עברית العربية",
            "nul\x00and\ttabs\r\nCRLF", '"quoted", commas, and\nnewlines', "ends with newline\n", "  spaces  ",
            "marker <|endoftext|> inside", "escaped <||endoftext|> and <|||endoftext|>", "\n<|endoftext|>\n"]
+
+
+def _listing(folder: Path) -> list[Path]:
+    """A folder's entries but its writer's lock (`.cook.lock` and its `.info`, which tasks/core/lock.py keeps)."""
+    return [p for p in folder.iterdir() if not re.fullmatch(r"\..*\.lock(\.info)?", p.name)]
 
 
 def _texts(n: int, seed: int, words: int = 60) -> list[str | None]:
@@ -117,7 +124,7 @@ def test_lossless_every_format(cosmo, tmp_path, fmt):
         n = pq.ParquetFile(src).metadata.num_rows
         assert r["rows"] == n and r["written"] == len(want) and r["null_or_empty"] == n - len(want)
         assert r["bytes_in_text"] == sum(len(t.encode()) for t in want)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(output_path(str(s), tmp_path, fmt).name for s in cosmo)
+    assert sorted(p.name for p in _listing(tmp_path)) == sorted(output_path(str(s), tmp_path, fmt).name for s in cosmo)
 
 
 def test_provenance_columns(cosmo, tmp_path):
@@ -218,33 +225,34 @@ def test_check_args(cosmo, tmp_path):
 
 
 def test_flow_failures_do_not_stop_the_others(cosmo, tmp_path):
+    import prefect
+
     from flows.unparquet import unparquet_flow
 
     bad = make_bad_inputs(tmp_path / "bad", cosmo[0])
     out = tmp_path / "out"
-    with pytest.raises(CookError) as e:
+    tag = new_tag()
+    with pytest.raises(CookError) as e, prefect.tags(tag):
         unparquet_flow(sources=[str(p) for p in cosmo] + [str(p) for p in bad.values()], out=str(out), fmt="text")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("unparquet: 3 of 6 files failed: ")
     assert "no 'text' column (columns: prompt, body)" in msg and "truncated.parquet" in msg and "notparquet.parquet" in msg
-    assert sorted(p.name for p in out.iterdir()) == sorted(output_path(str(s), out, "text").name for s in cosmo)
+    assert sorted(p.name for p in _listing(out)) == sorted(output_path(str(s), out, "text").name for s in cosmo)
     for s in cosmo:
         assert _digest(texts_out(output_path(str(s), out, "text"))) == _digest(texts_in(s))
-    md = _latest_summary_artifact()
+    md = _summary_artifact(tag)
     assert "3 ok" in md and "3 failed" in md and "## Failed" in md
     failed = md.split("## Failed", 1)[1]
     assert all(name in failed for name in ("truncated.parquet", "notparquet.parquet", "notext.parquet"))
 
 
-def _latest_summary_artifact() -> str:
+def _summary_artifact(tag: str) -> str:
+    """The summary artifact of the flow run that carries `tag`."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["unparquet-summary"])),
-                                     sort=ArtifactSort.CREATED_DESC, limit=1)
-    assert arts, "no summary artifact"
+        arts = artifacts_of(client, tagged_flow_runs(client, tag), "unparquet-summary")
+    assert len(arts) == 1, f"{len(arts)} summary artifacts"
     return arts[0].data
 
 
@@ -255,15 +263,15 @@ def test_flow_cache_and_reconvert_only_missing(cosmo, tmp_path):
     srcs = [str(p) for p in cosmo]
     first = unparquet_flow(sources=srcs, out=str(out))
     assert (first["converted"], first["cached"], first["failed"]) == (3, 0, [])
-    stamp = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
+    stamp = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _listing(out)}
     again = unparquet_flow(sources=srcs, out=str(out))
     assert (again["converted"], again["cached"]) == (0, 3)
-    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == stamp
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _listing(out)} == stamp
     gone = output_path(str(cosmo[1].resolve()), out)
     gone.unlink()
     third = unparquet_flow(sources=srcs, out=str(out))
     assert (third["converted"], third["cached"]) == (1, 2) and gone.exists()
-    for p in out.iterdir():
+    for p in _listing(out):
         if p != gone:
             assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp[p.name]
     assert _digest(texts_out(gone)) == _digest(texts_in(cosmo[1]))
@@ -276,7 +284,6 @@ def _closed_port() -> int:
 
 
 def test_hub_unreachable_is_one_clear_line(monkeypatch, tmp_path):
-    pytest.importorskip("huggingface_hub")
     from flows.unparquet import check_unparquet_args
     from tasks.core.settings import get_settings
 
@@ -320,7 +327,6 @@ def test_cli_bad_inputs_exit_nonzero_after_the_rest(cosmo, cook, tmp_path):
 
 
 def test_cli_hub_offline_is_one_line(cook, cook_env, tmp_path):
-    pytest.importorskip("huggingface_hub")
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     proc = cook(["unparquet", "hf://datasets/HuggingFaceTB/cosmopedia/data/stanford/train-00000-of-00002.parquet",
                  "--out", tmp_path / "out"], env={**cook_env, "COOK_HF_ENDPOINT": endpoint})
@@ -384,7 +390,7 @@ def test_sigkill_then_rerun_converts_only_what_is_missing(cook, cook_env, tmp_pa
 
     proc2 = cook(["unparquet", *files, "--out", out, "--format", "csv"], timeout=400)
     assert proc2.returncode == 0, proc2.stderr
-    assert {p.name for p in out.iterdir()} == names, "all converted, temp files cleaned"
+    assert {p.name for p in _listing(out)} == names, "all converted, temp files cleaned"
     for n, st in stamp.items():
         assert ((out / n).stat().st_ino, (out / n).stat().st_mtime_ns) == st, f"{n} was converted again"
     h_in = _digest(t for f in sorted(files) for t in texts_in(f))
@@ -394,7 +400,6 @@ def test_sigkill_then_rerun_converts_only_what_is_missing(cook, cook_env, tmp_pa
 
 def test_hub_paths_read_through_the_hub(cosmo, monkeypatch, tmp_path):
     """hf:// globs are listed and read over HTTP (range requests) from a loopback stand-in for the Hub."""
-    pytest.importorskip("huggingface_hub")
     import shutil
 
     from fixtures_hub import FakeHub

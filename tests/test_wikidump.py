@@ -180,14 +180,7 @@ def test_flow_writes_shards_and_caches(dumps, tmp_path):
     assert s2 == s1 and (out / "summary.json").stat().st_mtime_ns == mtime  # a cache hit: nothing rewritten
 
 
-def _cli_has_wiki_dump(cook) -> bool:
-    r = cook(["scrape", "wiki-dump", "--help"], timeout=120)
-    return r.returncode == 0
-
-
 def test_cli_truncated_and_bomb(cook, dumps, tmp_path):
-    if not _cli_has_wiki_dump(cook):
-        pytest.skip("`cook scrape wiki-dump` is not wired into flows/cli.py yet")
     data = dumps["xml"].read_bytes()
     cut = tmp_path / "enwiki-cut-pages-articles.xml"
     cut.write_bytes(data[: len(data) // 2])

@@ -251,3 +251,76 @@ def test_flow_rerun_caches_completed_queries(tmp_path, monkeypatch):
             get_settings.cache_clear()
         ids = [d["id"] for d in docs_in(out)]
         assert len(ids) == len(set(ids)) == 12
+
+
+# --- nights: a failure is never cached; a deleted part is re-made; Retry-After pauses every worker -------------
+
+
+def test_a_run_with_failures_is_not_cached_and_a_lost_part_is_remade(tmp_path, monkeypatch):
+    """The issue's reproduction: run 1 (3 pages) is fine; run 2 (6 pages) has a page answering 503 and ends
+    Incomplete; run 3, the page healthy again, must not come back Cached: it fetches that page (and only it).
+    Then a part deleted by hand is re-made, exactly, by the next run (at the default refresh age)."""
+    from flows.scrape_wikipedia import scrape_wikipedia_flow
+    from model.errors import Incomplete
+    from tasks.core.settings import get_settings
+
+    wiki = FakeWiki(n_pages=25, seed=6, missing=0)
+    out = tmp_path / "wiki"
+    with FakeMediaWiki(wiki) as api:
+        api.fail_retry_after = "0"
+        monkeypatch.setenv("COOK_WIKIPEDIA_API_URL", api.url)
+        get_settings.cache_clear()
+        try:
+            kw = dict(queries=["Gamma"], depth=1, out=str(out), rate_limit=200.0)
+            s1 = scrape_wikipedia_flow(max_pages=3, **kw)
+            assert s1["documents"] == 3 and s1["failed_pages"] == []
+            have = {pid_of(d["id"]) for d in docs_in(out)}
+            seeds = [p for p, _ in wiki.search("Gamma")]
+            doomed = next(p for p in seeds if p not in have)  # the next seed run 2 fetches
+            api.fail_always.add(doomed)
+            with pytest.raises(Incomplete, match=r"1 pages failed.*run the same command again"):
+                scrape_wikipedia_flow(max_pages=6, **kw)
+            api.fail_always.clear()
+            before = Counter(api.parse_counts)
+            s3 = scrape_wikipedia_flow(max_pages=6, **kw)
+            assert [q["state"] for q in s3["per_query"]] == ["Completed"], "a run with failures was cached"
+            # the failed page is retried whatever the budget (run 2 filled its place with the next page)
+            assert set(api.parse_counts - before) == {doomed} and s3["documents"] == 7
+            s4 = scrape_wikipedia_flow(max_pages=6, **kw)
+            assert [q["state"] for q in s4["per_query"]] == ["Cached"]
+
+            parts = sorted(out.glob("*.parquet"))
+            lost = {pid_of(d["id"]) for d in pq.read_table(parts[0]).to_pylist()}
+            parts[0].unlink()
+            before = Counter(api.parse_counts)
+            s5 = scrape_wikipedia_flow(max_pages=6, **kw)
+            assert [q["state"] for q in s5["per_query"]] == ["Completed"] and s5["documents"] == 7
+            assert api.parse_counts - before == Counter({p: 1 for p in lost}), "not exactly the lost pages were fetched"
+            ids = [pid_of(d["id"]) for d in docs_in(out)]
+            assert len(ids) == len(set(ids)) == 7
+        finally:
+            get_settings.cache_clear()
+
+
+def _quiet_after(faults: list[tuple[float, str]], arrivals, after: float) -> list[tuple[str, float]]:
+    """Requests that arrived within `after` seconds (less 0.2 s for requests already on their way on a busy
+    machine) of a fault that carried Retry-After: `after`; (kind, delay) each."""
+    bad = []
+    for t, kind in faults:
+        for a in arrivals:
+            if t + 0.2 < a < t + after - 0.1:
+                bad.append((kind, round(a - t, 3)))
+    return bad
+
+
+def test_retry_after_and_maxlag_pause_every_worker(tmp_path):
+    """After a 429 or a maxlag answer with Retry-After: 1, no request of any worker reaches the server for about
+    a second (the fake's request log); a client that ignored it would retry after its 0.01 s backoff."""
+    wiki = FakeWiki(n_pages=30, seed=8, missing=0)
+    with FakeMediaWiki(wiki, faults={"429": 2, "maxlag": 2}, fault_rate=0.25, retry_after="1", seed=3) as api:
+        with Crawler(tmp_path / "w", api_url=api.url, concurrency=3, rate_limit=200, backoff=0.01) as c:
+            c.crawl("a", quota=24, depth=1)
+        assert api.faults_sent["429"] + api.faults_sent["maxlag"] >= 3, api.faults_sent
+        assert len(api.fault_times) == sum(api.faults_sent.values())
+        assert len(api.arrivals) >= 20
+        assert _quiet_after(api.fault_times, list(api.arrivals), 1.0) == []

@@ -17,7 +17,7 @@ import pytest
 from fake_youtube import CUES, FakeWorld, FakeYouTube, channel_id
 from scraped import docs_in
 
-from model.errors import CookError
+from model.errors import CookError, Incomplete
 from tasks.corpus.documents import REQUIRED
 from tasks.sources.youtube import (
     DEFAULT_CHANNELS,
@@ -33,8 +33,8 @@ from tasks.sources.youtube_ledger import YouTubeLedger
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"COOK_YOUTUBE_RETRY_BACKOFF_S": "0.01", "COOK_YOUTUBE_BLOCKED_BACKOFF_S": "0.02"}
-STATE_OF = {"ok": "done", "generated": "done", "flaky": "done", "disabled": "disabled", "missing": "no_transcript",
+FAST = {"COOK_YOUTUBE_RETRY_BACKOFF_S": "0.01", "COOK_YOUTUBE_BLOCKED_BACKOFF_S": "0.02", "COOK_YOUTUBE_RATE_LIMIT": "0"}
+STATE_OF = {"ok": "done", "generated": "done", "flaky": "done", "regional": "done", "disabled": "disabled", "missing": "no_transcript",
             "music": "no_transcript", "unavailable": "unavailable", "age": "unavailable", "blocked": "blocked"}
 
 
@@ -107,7 +107,10 @@ def test_full_run_states_texts_and_rerun(tmp_path, fake_env):
     out = tmp_path / "yt"
     with FakeYouTube(world, flaky_api=True) as fk:
         fake_env(fk)
-        s = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=4, batch_size=25)
+        with pytest.raises(Incomplete) as e:  # the bot-checked ("blocked") videos are transient failures
+            scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=4, batch_size=25)
+        s = e.value.summary
+        assert "4 videos failed for now (blocked 4)" in str(e.value) and "run the same command again" in str(e.value)
         assert s["stopped"] is None and s["fetched"] == len(world.fetchable()) and s["api_units"] == fk.units
         docs = docs_in(out)
         assert sorted(vid_of(d) for d in docs) == sorted(world.fetchable()), "every fetchable video exactly once"
@@ -127,7 +130,9 @@ def test_full_run_states_texts_and_rerun(tmp_path, fake_env):
 
         # a re-run lists nothing and fetches nothing again; only the retryable (blocked) videos are tried again
         calls = (dict(fk.channel_calls), dict(fk.page_calls), dict(fk.timedtext_counts))
-        s2 = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=4)
+        with pytest.raises(Incomplete) as e2:
+            scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=4)
+        s2 = e2.value.summary
         assert (dict(fk.channel_calls), dict(fk.page_calls), dict(fk.timedtext_counts)) == calls
         assert s2["api_units"] == 0 and s2["fetched"] == 0 and s2["due"] == len(world.of_kind("blocked"))
 
@@ -136,7 +141,7 @@ def test_full_run_states_texts_and_rerun(tmp_path, fake_env):
         some = [v["video_id"] for v in ledger.videos("done")[:3]]
         ledger._tx([("UPDATE videos SET state = 'staged' WHERE video_id = ?", [(v,) for v in some]),
                     ("UPDATE videos SET state = 'staged', part = 'gone.parquet' WHERE video_id = ?", [(next(iter(world.of_kind("disabled"))),)])])
-    assert reconcile(out) == {"recovered": 3, "reset": 1}
+    assert reconcile(out) == {"recovered": 3, "reset": 1, "released": 0}
     with YouTubeLedger(out / LEDGER_NAME) as ledger:
         assert all(ledger.video(v)["state"] == "done" for v in some) and ledger.counts()["staged"] == 0
 
@@ -193,6 +198,10 @@ def test_sigkill_then_rerun_fetches_nothing_twice(cook_env, tmp_path):
     with FakeYouTube(world, caption_latency=0.03) as fk:
         env = {**cook_env, **FAST, "COOK_YOUTUBE_API_URL": fk.api_url, "COOK_YOUTUBE_URL": fk.url,
                "COOK_YOUTUBE_API_KEY": fk.key, "COOK_YOUTUBE_PART_DOCS": "6"}
+        # each run on its own temporary Prefect API: on a server, the killed run's output-folder slot
+        # (tasks/core/lock.py) would hold the rerun back until its lease expires; this test is about the ledger
+        env.pop("PREFECT_API_URL")
+        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
         args = [*channel_args(world), "--out", out, "--concurrency", 2]
         proc = subprocess.Popen(cli(args), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
@@ -276,8 +285,8 @@ def test_api_key_appears_in_no_log_artifact_ledger_or_output(cook, cook_env, tmp
         env = {**cook_env, **FAST, "COOK_YOUTUBE_API_URL": fk.api_url, "COOK_YOUTUBE_URL": fk.url, "COOK_YOUTUBE_API_KEY": key,
                "PREFECT_LOGGING_LEVEL": "DEBUG", "PREFECT_LOGGING_EXTRA_LOGGERS": "httpx,httpcore,urllib3,requests"}
         r = cook(["--debug", "scrape", "youtube", "--channel", hostile, *channel_args(world), "--out", out], env=env)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert "quota" in r.stdout  # the API's 403 quotaExceeded stopped the listing cleanly
+        assert r.returncode == 0, r.stderr[-3000:]  # the quota is a planned stop: exit 0, with a message
+        assert "stopped early (quota)" in r.stdout  # the API's 403 quotaExceeded stopped the listing cleanly
         assert fk.key_in_url == 0
 
     texts = [r.stdout, r.stderr]
@@ -298,19 +307,74 @@ def test_api_key_appears_in_no_log_artifact_ledger_or_output(cook, cook_env, tmp
     this_run = max((f for f in runs if f.parameters.get("out") == str(out)), key=lambda f: f.created)
     mine = [a for a in arts if a.flow_run_id == this_run.id]
     assert any(a.type == "progress" for a in mine), "no progress artifact"
-    assert any("scrape-youtube-summary" == a.key and "***" in repr(a.data) for a in mine)  # the error, redacted
+    summary = [a for a in mine if a.key == "scrape-youtube-summary"]
+    assert summary and "quota" in repr(summary[0].data)  # the API's 403 quotaExceeded stopped the listing cleanly
+    assert "***" in repr(summary[0].data)  # the hostile channel's error, redacted
     assert any("scrape youtube:" in t for t in texts), "the run's logs were not collected"
-    db = sqlite3.connect(out / LEDGER_NAME)
-    texts += ["\n".join(db.iterdump())]
-    db.close()
-    for p in out.rglob("*"):
-        if p.is_file():
-            texts.append(p.read_bytes().decode("latin-1"))
-            if p.suffix == ".parquet":
-                texts.append(repr(pq.read_table(p).to_pylist()))
+    # every file cook wrote: the output folder and the whole data dir, Prefect's result files included
+    data_dir = Path(cook_env["COOK_DATA_DIR"])
+    results = list((data_dir / ".cook" / "results").glob("*"))
+    assert results, "no Prefect result files under DATA/.cook/results"
+    files, decoded = written_texts([out, data_dir])
+    assert decoded, "no base64 payload was decoded: the result files' contents were not scanned"
+    texts += files
     assert len(texts) > 10
     leaks = [t[:200] for t in texts if key in t]
     assert not leaks, leaks
+
+
+def written_texts(roots: list[Path]) -> tuple[list[str], int]:
+    """Every file under `roots` as text, plus what is inside it: parquet rows, SQLite dumps, and the strings of
+    JSON files decoded from base64 (Prefect's result files keep their payload so), recursively. Returns
+    (texts, how many base64 payloads were decoded)."""
+    import base64
+    import binascii
+    import json
+
+    texts: list[str] = []
+    decoded = 0
+
+    def strings(obj):
+        if isinstance(obj, str):
+            yield obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from strings(k)
+                yield from strings(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from strings(v)
+
+    def inside(raw: bytes, depth: int = 0) -> None:
+        nonlocal decoded
+        texts.append(raw.decode("latin-1"))
+        if depth > 3:
+            return
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return
+        for s in strings(obj):
+            if len(s) >= 8 and len(s) % 4 == 0:
+                try:
+                    payload = base64.b64decode(s, validate=True)
+                except (binascii.Error, ValueError):
+                    continue
+                decoded += 1
+                inside(payload, depth + 1)
+
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if not p.is_file():
+                continue
+            inside(p.read_bytes())
+            if p.suffix == ".parquet":
+                texts.append(repr(pq.read_table(p).to_pylist()))
+            if p.suffix in (".sqlite", ".db"):
+                db = sqlite3.connect(p)
+                texts.append("\n".join(db.iterdump()))
+                db.close()
+    return texts, decoded
 
 
 # --- 5. blocked ------------------------------------------------------------------------------------
@@ -323,8 +387,11 @@ def test_repeated_blocks_end_the_run_cleanly(tmp_path, fake_env):
     out = tmp_path / "yt"
     with FakeYouTube(world, block_all=True) as fk:
         fake_env(fk, COOK_YOUTUBE_MAX_BLOCKED="3")
-        s = scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=2, batch_size=20)
+        with pytest.raises(Incomplete) as e:  # stopped to spare the IP: an honest "run again later", not success
+            scrape_youtube_flow(channels=list(world.channels), out=str(out), concurrency=2, batch_size=20)
+        s = e.value.summary
         assert s["stopped"] == "blocked" and "blocking" in s["message"] and s["fetched"] == 0
+        assert "videos left pending (YouTube kept blocking requests: retry later, or set a proxy" in str(e.value)
         assert not fk.timedtext_counts and not list(out.glob("*.parquet"))
         with YouTubeLedger(out / LEDGER_NAME) as ledger:
             c = ledger.counts()

@@ -87,12 +87,15 @@ class OutputsCache(CachePolicy):
     """Cache on (task, version, inputs, outputs location); a hit only while every output exists.
 
     `outputs(inputs) -> paths` names what the task writes. Inputs named in `exclude` (clients,
-    progress callbacks) are left out of the key.
+    progress callbacks) are left out of the key. `valid(inputs)`, when given, can also refuse a hit (a record
+    that is too old, or of a run that left failures): the key stays the same, so the new result replaces it.
     """
 
     outputs: Callable[[dict[str, Any]], Iterable[str | os.PathLike]] = lambda inputs: ()
     version: str = "1"
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    # optional: `valid(inputs) -> bool`, read with the outputs; False drops the stored result (the task runs again)
+    valid: Callable[[dict[str, Any]], bool] | None = None
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         outs = [Path(p) for p in self.outputs(inputs)]
@@ -102,7 +105,7 @@ class OutputsCache(CachePolicy):
                 for k, v in inputs.items() if k not in self.exclude}
         task_name = getattr(getattr(task_ctx, "task", None), "name", "task")
         key = "cook-" + stable_hash({"task": task_name, "v": self.version, "in": kept, "out": [str(p.resolve()) for p in outs]})
-        if not all(p.exists() for p in outs):
+        if not all(p.exists() for p in outs) or (self.valid is not None and not self.valid(inputs)):
             _forget(task_ctx, key)
         return key
 

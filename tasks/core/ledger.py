@@ -13,6 +13,11 @@ The order that makes a crawl crash-safe:
 After a crash between 2 and 3, `reconcile(source, keys_in_outputs)` marks done the staged items found in
 the output files, so nothing is lost and nothing is fetched twice. Staged items not found in any output
 were never written: they count as not done.
+
+Refreshing: each done item keeps the `version` it was fetched at (a revision id, an ETag) and when it was
+last `checked_at`. A re-fetched item is written to a new part and `mark_done` points the item at it (the
+older copy stays in its part; `cook merge` keeps the newest). `release_missing(source, out)` sends done
+items whose part file is gone back to pending, so deleting an output re-makes exactly what was lost.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ CREATE TABLE IF NOT EXISTS items (
     error TEXT,
     part TEXT,
     data TEXT,
+    version TEXT,
+    checked_at REAL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (source, key)
 );
@@ -78,6 +85,14 @@ class Ledger(SqliteFile):
 
     schema = _SCHEMA
 
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        with self._lock:  # ledgers written before refreshing existed lack these columns
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+            for col, kind in (("version", "TEXT"), ("checked_at", "REAL")):
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE items ADD COLUMN {col} {kind}")
+
     def _write(self, sql: str, rows: Iterable[tuple]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -101,11 +116,50 @@ class Ledger(SqliteFile):
             rows,
         )
 
-    def mark_done(self, source: str, keys: Iterable[Any], part: str | None = None) -> None:
-        """Mark staged items done (their output, `part`, is durably written), in one transaction."""
+    def mark_done(self, source: str, keys: Iterable[Any], part: str | None = None, items: Iterable[dict] | None = None) -> None:
+        """Mark items done (their output, `part`, is durably written), in one transaction. With `items` (dicts with
+        `key` and optionally `data`, `version`, `title`), a done item fetched again takes its new data and version."""
         now = time.time()
-        self._write("UPDATE items SET status = 'done', part = ?, updated_at = ? WHERE source = ? AND key = ?",
-                    [(part, now, source, str(k)) for k in keys])
+        if items is None:
+            items = [{"key": k} for k in keys]
+        self._write(
+            "UPDATE items SET status = 'done', part = ?, data = COALESCE(?, data), version = ?, title = COALESCE(?, title), "
+            "checked_at = ?, updated_at = ? WHERE source = ? AND key = ?",
+            [(part, json.dumps(it["data"]) if it.get("data") is not None else None, _version(it.get("version")), it.get("title"),
+              now, now, source, str(it["key"])) for it in items])
+
+    def set_versions(self, source: str, versions: dict[str, Any]) -> None:
+        """Record the versions of items (key -> version) without changing anything else."""
+        self._write("UPDATE items SET version = ? WHERE source = ? AND key = ?",
+                    [(_version(v), source, str(k)) for k, v in versions.items()])
+
+    def touch(self, source: str, keys: Iterable[Any]) -> None:
+        """Record that done items were checked now and found unchanged."""
+        now = time.time()
+        self._write("UPDATE items SET checked_at = ? WHERE source = ? AND key = ?", [(now, source, str(k)) for k in keys])
+
+    def release_missing(self, source: str, out: str | os.PathLike) -> list[str]:
+        """Done items whose part file is gone from `out` go back to pending (fetched again by the next crawl that
+        meets them). Returns their keys."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, part FROM items WHERE source = ? AND status = 'done' AND part IS NOT NULL",
+                                    (source,)).fetchall()
+        lost = [k for k, part in rows if not (Path(out) / part).exists()]
+        now = time.time()
+        self._write("UPDATE items SET status = 'pending', part = NULL, version = NULL, checked_at = NULL, updated_at = ? "
+                    "WHERE source = ? AND key = ?", [(now, source, k) for k in lost])
+        return lost
+
+    def unversioned(self, source: str) -> list[tuple[str, str]]:
+        """(key, part) of done items with a document but no version (recorded before versions were kept)."""
+        with self._lock:
+            return self._db.execute("SELECT key, part FROM items WHERE source = ? AND status = 'done' AND part IS NOT NULL "
+                                    "AND version IS NULL", (source,)).fetchall()
+
+    def due(self, source: str, tag: str | None, checked_before: float) -> list[dict]:
+        """Done items with a document (of `tag`, or every tag) last fetched or checked before `checked_before`."""
+        return [r for r in self.items(source, "done", tag=tag)
+                if r["part"] and (r["checked_at"] or r["updated_at"]) < checked_before]
 
     def mark_failed(self, source: str, key: Any, error: str, title: str | None = None, tag: str | None = None) -> None:
         """Record one failed attempt (a later run retries it); a done item stays done."""
@@ -129,7 +183,7 @@ class Ledger(SqliteFile):
         if docs:
             part = Path(out) / f"{prefix}-{uuid.uuid4().hex[:16]}.parquet"
             write_documents(part, docs, schema or SCHEMA)
-        self.mark_done(source, [it["key"] for it in items], part.name if part else None)
+        self.mark_done(source, [it["key"] for it in items], part.name if part else None, items)
         return part
 
     def recover(self, source: str, out: str | os.PathLike, key_of: Callable[[str], str | None]) -> int:
@@ -164,13 +218,13 @@ class Ledger(SqliteFile):
 
     def get(self, source: str, key: Any) -> dict | None:
         with self._lock:
-            cur = self._db.execute("SELECT key, title, tag, status, attempts, error, part, data, updated_at FROM items "
+            cur = self._db.execute(f"SELECT {_COLUMNS} FROM items "
                                    "WHERE source = ? AND key = ?", (source, str(key)))
             row = cur.fetchone()
         return None if row is None else _row(row)
 
     def items(self, source: str, status: str | None = None, tag: str | None = None) -> list[dict]:
-        sql = "SELECT key, title, tag, status, attempts, error, part, data, updated_at FROM items WHERE source = ?"
+        sql = f"SELECT {_COLUMNS} FROM items WHERE source = ?"
         args: list = [source]
         if status is not None:
             sql += " AND status = ?"
@@ -197,7 +251,15 @@ class Ledger(SqliteFile):
         return {s: found.get(s, 0) for s in STATUSES}
 
 
+_COLUMNS = "key, title, tag, status, attempts, error, part, data, version, checked_at, updated_at"
+
+
+def _version(v: Any) -> str | None:
+    return None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
 def _row(r: tuple) -> dict:
-    key, title, tag, status, attempts, error, part, data, updated = r
+    key, title, tag, status, attempts, error, part, data, version, checked, updated = r
     return {"key": key, "title": title, "tag": tag, "status": status, "attempts": attempts, "error": error,
-            "part": part, "data": json.loads(data) if data else None, "updated_at": updated}
+            "part": part, "data": json.loads(data) if data else None, "version": version, "checked_at": checked,
+            "updated_at": updated}

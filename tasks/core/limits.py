@@ -44,12 +44,12 @@ class Limits:
 
 # Each scraper's endpoint setting and its own defaults (tests/test_limits.py checks they match the modules):
 # wikipedia: tasks.sources.wikipedia.Crawler; britannica: tasks.sources.britannica.Crawler; YouTube's Data API: tasks.sources.youtube.DataAPI;
-# youtube.com (transcripts): tasks.sources.youtube.fetch_batch, whose threads are the concurrency, without a rate.
+# youtube.com (transcripts): tasks.sources.youtube.fetch_batch, whose threads are the concurrency, and COOK_YOUTUBE_RATE_LIMIT video fetches a second.
 SCRAPER_DEFAULTS: dict[str, tuple[str, Limits]] = {
     "wikipedia": ("wikipedia_api_url", Limits(4, 10.0)),
     "britannica": ("britannica_url", Limits(4, 5.0)),
     "youtube-api": ("youtube_api_url", Limits(4, 20.0)),
-    "youtube": ("youtube_url", Limits(4, None)),
+    "youtube": ("youtube_url", Limits(4, 2.0)),
 }
 
 
@@ -276,7 +276,13 @@ class HostLimits:
 
 
 def _take(lock: threading.Lock, host: str, call) -> tuple[Any, bool]:
-    """`call(client)` until the limit has room: (its result, True); (None, False) when the limit cannot be used."""
+    """`call(client)` until the limit has room: (its result, True); (None, False) when the limit cannot be used,
+    or stayed full for COOK_LIMIT_WAIT_S (slots held by a stuck run): then the run keeps its own limits for the
+    host, says so once, and looks the limits up again after RECHECK_S."""
+    from tasks.core.settings import get_settings
+
+    patience = float(get_settings().limit_wait_s)
+    give_up = time.monotonic() + patience
     while True:
         with lock:
             try:
@@ -286,7 +292,11 @@ def _take(lock: threading.Lock, host: str, call) -> tuple[Any, bool]:
                 if wait is None:  # keep crawling politely, on this client's limits
                     _REGISTRY.lost(host, e)
                     return None, False
-        time.sleep(wait)
+        left = give_up - time.monotonic()
+        if left <= 0:
+            _REGISTRY.lost(host, TimeoutError(f"full for {patience:g} s (COOK_LIMIT_WAIT_S)"))
+            return None, False
+        time.sleep(min(wait, left))
 
 
 # One Prefect client per process and API for the slot calls: a fresh client per call would cost a connection and

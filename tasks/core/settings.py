@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     dask_address: str | None = None
     # connection-level failures in a row (DNS, refused, TLS, timeout) after which a host counts as down (tasks/core/health.py)
     max_connect_failures: int = 5
+    # every answer's size cap (decoded MiB) and overall deadline (s, beyond the per-read timeout) (tasks/core/http.py)
+    max_response_mb: float = 64.0
+    response_deadline_s: float = 300.0
+    # how long a request waits for room in a full global limit on a Prefect server before the run keeps its own
+    # limits for that host (tasks/core/limits.py)
+    limit_wait_s: float = 300.0
 
     youtube_api_key: SecretStr | None = None
     hf_token: SecretStr | None = None

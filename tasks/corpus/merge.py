@@ -10,7 +10,9 @@ Every input document ends up in exactly one place:
   duplicates, the id of the earlier kept document).
 
 Order is deterministic: inputs sorted by path, rows in file order; the first occurrence of a text is
-the one kept. Nothing in the output depends on when it ran, so a re-run gives byte-identical files.
+the one kept. Documents sharing an `id` (a page a scraper fetched again after it changed) are one document:
+the copies older than the newest `fetched_at` go to rejects with reason "superseded" (and `duplicate_of` their
+id), whatever the file order; copies as new as the newest are judged as usual (equal ones: exact duplicates). Nothing in the output depends on when it ran, so a re-run gives byte-identical files.
 Shards roll before `shard_size` bytes of text (a document is never split). The whole of OUT is
 built in a temp folder beside it and renamed into place at the end (`model.atomic.atomic_dir`): a
 re-run replaces it, never appends, and a crash leaves nothing that looks whole. `OUT/stats.json`,
@@ -227,6 +229,49 @@ def _read(path: Path, columns: list[str]) -> Iterator[list[dict]]:
     yield docs
 
 
+def _when(value) -> float:
+    """A `fetched_at` as seconds, comparable across files (naive means UTC; missing is oldest)."""
+    from datetime import datetime, timezone
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return float("-inf")
+    if not isinstance(value, datetime):
+        return float("-inf")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def _newest_copies(files: list[Path]) -> dict[str, float]:
+    """For each id found more than once in the parquet inputs: the newest `fetched_at` among its copies."""
+    best: dict[str, float] = {}
+    repeated: set[str] = set()
+    for path in files:
+        if path.suffix != ".parquet":
+            continue
+        pf = open_documents(path)
+        if "id" not in pf.schema_arrow.names:
+            continue
+        cols = ["id"] + (["fetched_at"] if "fetched_at" in pf.schema_arrow.names else [])
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i, columns=cols).to_pydict()
+            for doc_id, when in zip(t["id"], t.get("fetched_at") or [None] * len(t["id"])):
+                if doc_id is None:
+                    continue
+                doc_id, w = str(doc_id), _when(when)
+                if doc_id in best:
+                    repeated.add(doc_id)
+                    best[doc_id] = max(best[doc_id], w)
+                else:
+                    best[doc_id] = w
+    return {k: best[k] for k in repeated}
+
+
 def _source_stats() -> dict:
     return {"documents_in": 0, "bytes_in": 0, "documents_out": 0, "bytes_out": 0, "rejected": Counter()}
 
@@ -267,6 +312,7 @@ def merge_documents(
     exact = ExactDedup()
     near = MinHashDedup() if near_dedup else None
     sources: dict[str, dict] = {}
+    newest = _newest_copies(files)
     for stale in out.parent.glob(f".{out.name}.*"):  # temp folders of a crashed earlier run
         if stale.is_dir() and (stale.name.endswith(".tmp") or ".old-" in stale.name):
             shutil.rmtree(stale, ignore_errors=True)
@@ -276,7 +322,7 @@ def merge_documents(
         rejects = _Shards(tmp / REJECTS, "parquet", reject_schema, size)
         (tmp / REJECTS).mkdir()
         try:
-            _merge_into(files, schema, kept, rejects, judge_args, workers, exact, near, sources, bar)
+            _merge_into(files, schema, kept, rejects, judge_args, workers, exact, near, sources, bar, newest)
             shards, reject_shards = kept.close(), rejects.close()
         except BaseException:
             kept.abort()
@@ -344,13 +390,15 @@ def _with_verdicts(batches: Iterator, judge_args: tuple, workers: int) -> Iterat
 
 
 def _merge_into(files, schema, kept: _Shards, rejects: _Shards, judge_args: tuple, workers: int, exact: ExactDedup,
-                near: MinHashDedup | None, sources: dict, bar) -> None:
+                near: MinHashDedup | None, sources: dict, bar, newest: dict[str, float] | None = None) -> None:
     """Route every document of `files`, in order, to `kept` or `rejects` (with its reason), counting per source.
 
     Per row group: normalize, run the filters over the whole group at once (vectorized, in worker
     processes when `workers` > 1), then decide document by document in order: exact duplicate of a
-    kept one, else the filters' reason, else near duplicate, else kept (and remembered for dedup).
+    kept one, else the filters' reason, else near duplicate, else kept (and remembered for dedup). Before all
+    that, a copy of an id older than its newest (`newest`: id -> newest fetched_at) is "superseded".
     """
+    newest = newest or {}
     for docs, texts, filtered in _with_verdicts(_batches(files, schema.names), judge_args, workers):
         for i, doc in enumerate(docs):
             src = doc.get("source") or "unknown"
@@ -361,7 +409,10 @@ def _merge_into(files, schema, kept: _Shards, rejects: _Shards, judge_args: tupl
             st["documents_in"] += 1
             st["bytes_in"] += nbytes_in
             dup_of, sig = None, None
-            if i not in filtered:
+            doc_id = doc.get("id")
+            if doc_id in newest and _when(doc.get("fetched_at")) < newest[doc_id]:
+                reason, dup_of = "superseded", doc_id
+            elif i not in filtered:
                 reason = "empty"
             else:
                 key = text_key(text)

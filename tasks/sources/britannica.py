@@ -11,12 +11,16 @@
   backoff honouring Retry-After), article paths deduplicated across queries and runs through a SQLite ledger
   (`OUT/ledger.sqlite`; an old path that redirects is recorded as an alias of its target), documents written in atomic parquet parts. A page that answers 200 but no longer
   matches the expected structure (no result links, no paragraphs) gives a warning naming the URL and the
-  selectors; nothing empty is ever written. A failed article is recorded and retried by the next run.
+  selectors; nothing empty is ever written. A failed article is recorded and retried by the next run (a dead
+  host, `SourceUnavailable`, stops the crawl instead: what is left stays pending). At start, articles whose part
+  file is gone go back to pending and are fetched again. `refresh` revisits known articles with conditional
+  requests (If-None-Match / If-Modified-Since from the ETag / Last-Modified they were fetched with): a 304 costs
+  no download; a changed article is written to a new part (newest `fetched_at` wins in `cook merge`).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import re
 import threading
@@ -31,10 +35,10 @@ import httpx
 from prefect import task
 from selectolax.lexbor import LexborHTMLParser
 
-from model.atomic import atomic_write_text, clean_stale_temps
-from model.errors import CookError
-from tasks.core.caching import PERSISTED, OutputsCache
-from tasks.sources.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
+from model.atomic import clean_stale_temps
+from model.errors import CookError, SourceUnavailable
+from tasks.core.caching import PERSISTED
+from tasks.sources.crawl import check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
 from tasks.core.http import FetchError, PoliteClient
 from tasks.core.ledger import Ledger
 from tasks.core.progress import progress
@@ -83,11 +87,38 @@ STOP_SECTIONS = {"additional reading", "further reading", "references", "externa
 # First path segments that are not articles (search also lists videos, quizzes, galleries...).
 NOT_ARTICLES = {"video", "videos", "quiz", "quizzes", "gallery", "dictionary", "search", "browse", "games", "podcasts",
                 "newsletters", "subscribe", "login", "editor", "contributor", ""}
+# failures a later run would meet again (the page, not the network): reported, but they leave a query complete
+PERMANENT_CODES = {"structure", "elsewhere", "redirects", "disallowed"}
 NO_RESULTS = re.compile(r"\bno (search )?results|did not match any|\b0 results|no matches|nothing found", re.I)
 
 
 def _clean(text: str) -> str:
     return " ".join(text.split())
+
+
+def transient(error: Exception) -> bool:
+    """Whether a later run may succeed where this failed: network trouble, 429 and 5xx yes; a page that is gone
+    (4xx), that leads off the site or whose structure changed, no."""
+    code = getattr(error, "code", None)
+    if code in PERMANENT_CODES:
+        return False
+    return not (isinstance(code, str) and code.isdigit() and code.startswith("4") and code != "429")
+
+
+def _version(r: httpx.Response, text: str) -> dict:
+    """What a conditional request needs to ask "changed since?", and a digest of the text for sites that give neither."""
+    return {"etag": r.headers.get("ETag"), "last_modified": r.headers.get("Last-Modified"),
+            "sha": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def _load_version(v: str | None) -> dict:
+    import json
+
+    try:
+        got = json.loads(v) if v else {}
+    except ValueError:
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 def _warn(message: str) -> None:
@@ -224,6 +255,8 @@ class Crawler:
         self.client = PoliteClient(concurrency=concurrency, rate_limit=rate_limit, timeout=timeout, retries=retries,
                                    backoff=backoff, headers={"Accept": "text/html,application/xhtml+xml"})
         self.client.http.follow_redirects = False  # followed by hand: every hop checked against robots.txt and the ledger
+        self._conditional: dict[str, dict[str, str]] = {}  # URL -> If-None-Match / If-Modified-Since of a refresh
+        self.client.http.event_hooks["request"].append(self._add_conditional)
         self.ua = self.client.http.headers["User-Agent"]
         self._claimed: set[str] = set()  # article paths done or being fetched (redirect targets included)
         self._claim_lock = threading.Lock()
@@ -254,9 +287,67 @@ class Crawler:
         return f"{SOURCE}:{path.lstrip('/')}"
 
     def _reconcile(self) -> int:
-        """Articles staged before a crash: done if a part file holds them, else back to pending."""
+        """Articles staged before a crash: done if a part file holds them, else back to pending; done articles
+        whose part is gone (deleted by hand) back to pending too (`self.released`)."""
         head = SOURCE + ":"
-        return self.ledger.recover(SOURCE, self.out, lambda i: "/" + i[len(head):] if i.startswith(head) else None)
+        recovered = self.ledger.recover(SOURCE, self.out, lambda i: "/" + i[len(head):] if i.startswith(head) else None)
+        self.released = self.ledger.release_missing(SOURCE, self.out)
+        return recovered
+
+    def _add_conditional(self, request: httpx.Request) -> None:
+        """httpx request hook: a refresh's conditional headers on its URL's request."""
+        extra = self._conditional.get(str(request.url))
+        if extra:
+            request.headers.update(extra)
+
+    def _recheck(self, row: dict) -> dict:
+        """One conditional request for a known article: {unchanged} (304, or the same text), or the new article."""
+        url = self.base + row["key"]
+        v = _load_version(row["version"])
+        headers = {k: v[f] for k, f in (("If-None-Match", "etag"), ("If-Modified-Since", "last_modified")) if v.get(f)}
+        self._conditional[url] = headers
+        try:
+            r = self.client.get(url)
+        finally:
+            self._conditional.pop(url, None)
+        if r.status_code == 304 or r.status_code in REDIRECTS:  # unchanged (a move is left to the search walk)
+            return {"unchanged": True}
+        title, text = extract_article(r.text)
+        if not text:
+            raise FetchError(f"{url} answered 200 but no paragraph matched on refresh (page structure changed?)", code="structure")
+        version = _version(r, text)
+        if v.get("sha") == version["sha"]:
+            return {"unchanged": True, "version": version}
+        return {"path": row["key"], "title": title, "text": text, "version": version}
+
+    def refresh(self, tag: str | None, checked_before: float) -> dict:
+        """Revisit the done articles of `tag` (None: every tag) last fetched or checked before `checked_before`
+        with conditional requests; write the changed ones to a new part. Returns {checked, changed, refetched, failed}."""
+        due = [r for r in self.ledger.due(SOURCE, tag, checked_before) if not r["data"]]  # articles, not redirects
+        futures = {self._pool.submit(self._recheck, r): r for r in due}
+        same, changed, failed = [], 0, []
+        for fut in as_completed(futures):
+            row = futures[fut]
+            try:
+                got = fut.result()
+            except SourceUnavailable:
+                raise
+            except Exception as e:  # one article never stops the refresh; it stays done, and due
+                error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                failed.append({"path": row["key"], "error": error, "transient": transient(e)})
+                continue
+            if got.get("unchanged"):
+                same.append(row["key"])
+                continue
+            changed += 1
+            doc = {"id": self.doc_id(got["path"]), "source": SOURCE, "url": self.base + got["path"],
+                   "title": got["title"] or got["path"].rsplit("/", 1)[-1], "text": got["text"], "fetched_at": datetime.now(timezone.utc)}
+            self._buffer.append((doc, {"key": got["path"], "title": doc["title"], "tag": row["tag"], "version": got["version"]}))
+            if len(self._buffer) >= self.batch_pages:
+                self._flush()
+        self._flush()
+        self.ledger.touch(SOURCE, same)
+        return {"checked": len(due), "changed": changed, "refetched": changed, "failed": failed}
 
     def _flush(self) -> None:
         """Write the buffered articles: one atomic part, recorded in the ledger crash-safely. Aliases (paths
@@ -289,24 +380,28 @@ class Crawler:
             r = self.client.get(self.base + current)
             if r.status_code not in REDIRECTS:
                 title, text = extract_article(r.text)
-                return {"path": current, "title": title, "text": text}
+                return {"path": current, "title": title, "text": text, "version": _version(r, text)}
             location = r.headers.get("Location", "")
             target = article_path(urljoin(self.base + current, location), self.base)
             if target is None or target == current:  # elsewhere, or to itself on another scheme (a wrong base URL)
-                raise FetchError(f"{self.base + current} redirects to {location or 'nowhere'}, not an article of this site")
+                raise FetchError(f"{self.base + current} redirects to {location or 'nowhere'}, not an article of this site",
+                                 code="elsewhere")
             if not robots.can_fetch(self.ua, self.base + target):
                 return {"disallowed": target}
             if not self._claim(target):
                 return {"alias": target}
             current = target
-        raise FetchError(f"more than {MAX_HOPS} redirects from {self.base + path}")
+        raise FetchError(f"more than {MAX_HOPS} redirects from {self.base + path}", code="redirects")
 
-    def crawl(self, query: str, max_pages: int = 10) -> dict:
+    def crawl(self, query: str, max_pages: int = 10, refresh_before: float | None = None) -> dict:
         """One query: walk its search result pages (1..`max_pages`, stopping at the first page with no new
         results) and fetch every article not done before (by any query, any run), articles starting while the
         walk goes on. A path that redirects is recorded as an alias of where it leads, fetched at most once.
-        Returns {query, found, done, fetched, failed: [{path, error}], disallowed, warnings, parts}."""
+        With `refresh_before` (a time), this query's articles checked before it are revisited first (`refresh`);
+        its articles whose part was lost are fetched again.
+        Returns {query, found, done, fetched, failed: [{path, error, transient}], disallowed, warnings, refreshed, parts}."""
         robots = self.robots()
+        refreshed = self.refresh(query, refresh_before) if refresh_before is not None else None
         found: dict[str, None] = {}
         warnings: list[str] = []
         failed: list[dict] = []
@@ -314,6 +409,11 @@ class Crawler:
         with self._claim_lock:
             self._claimed = self.ledger.keys(SOURCE, "done")
         futures: dict[Future, str] = {}
+        lost = []
+        for r in self.ledger.items(SOURCE, "pending", tag=query):  # lost with a deleted part: re-made whatever the search says
+            if robots.can_fetch(self.ua, self.base + r["key"]) and self._claim(r["key"]):
+                lost.append(r["key"])
+                futures[self._pool.submit(self._article, r["key"], robots)] = r["key"]
 
         def warn(msg: str) -> None:
             warnings.append(msg)
@@ -330,7 +430,7 @@ class Crawler:
                     warn(f"britannica: {e}; query {query!r} skipped")
                     break
                 warn(f"britannica: search page {url} failed: {e}")
-                failed.append({"path": url, "error": str(e)})
+                failed.append({"path": url, "error": str(e), "transient": transient(e)})
                 break
             if not paths:
                 if not says_empty:
@@ -365,18 +465,20 @@ class Crawler:
                 if not text:
                     raise FetchError(f"{url} answered 200 but no paragraph matched "
                                      f"{' nor '.join(repr(s + ' p') for s in BODY_SELECTORS)} (page structure changed?)", code="structure")
+            except SourceUnavailable:  # a dead host stops the crawl; what is left stays pending
+                raise
             except Exception as e:  # one article never stops the crawl
                 error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 if getattr(e, "code", None) == "structure":
                     warn(f"britannica: {error}")
                 self.ledger.mark_failed(SOURCE, path, error, tag=query)
-                failed.append({"path": path, "error": error})
+                failed.append({"path": path, "error": error, "transient": transient(e)})
                 if self.on_article:
                     self.on_article(False)
                 continue
             doc = {"id": self.doc_id(final), "source": SOURCE, "url": url, "title": title or final.rsplit("/", 1)[-1],
                    "text": text, "fetched_at": datetime.now(timezone.utc)}
-            self._buffer.append((doc, {"key": final, "title": doc["title"], "tag": query}))
+            self._buffer.append((doc, {"key": final, "title": doc["title"], "tag": query, "version": got["version"]}))
             if final != path:  # reached through a redirect: the old path is done with it
                 self._buffer.append((None, {"key": path, "tag": query, "data": {"alias": final}}))
             fetched += 1
@@ -385,6 +487,8 @@ class Crawler:
             if len(self._buffer) >= self.batch_pages:
                 self._flush()
         self._flush()
+        for p in lost:
+            found.setdefault(p, None)
         rows = [self.ledger.get(SOURCE, p) for p in found]
         done = [r for r in rows if r and r["status"] == "done"]
         parts = {r["part"] for r in done if r["part"]}
@@ -392,8 +496,12 @@ class Crawler:
             target = self.ledger.get(SOURCE, r["data"]["alias"]) if not r["part"] and "alias" in (r["data"] or {}) else None
             if target and target["part"]:
                 parts.add(target["part"])
+        if refreshed:
+            failed = refreshed["failed"] + failed
+            fetched += refreshed["refetched"]
         return {"query": query, "found": len(found), "done": len(done), "fetched": fetched, "failed": failed,
-                "disallowed": disallowed, "warnings": warnings, "parts": sorted(parts)}
+                "disallowed": disallowed, "warnings": warnings, "parts": sorted(parts),
+                "refreshed": {k: v for k, v in (refreshed or {}).items() if k != "failed"}}
 
 
 # --- arguments and the Prefect task ----------------------------------------------------------------
@@ -407,7 +515,7 @@ def default_out() -> Path:
 
 def check_scrape_britannica_args(queries: list[str] | None = None, queries_file: str | None = None,
                                  max_pages_per_query: int = 10, out: str | None = None, concurrency: int = 4,
-                                 rate_limit: float = 5.0) -> list[str]:
+                                 rate_limit: float = 5.0, refresh_after_hours: float | None = 20.0) -> list[str]:
     """Validate before anything runs; return the queries to crawl (given ones, then the file's, de-duplicated;
     the built-in list when neither is given)."""
     from tasks.core.settings import get_settings
@@ -415,30 +523,28 @@ def check_scrape_britannica_args(queries: list[str] | None = None, queries_file:
     qs = gather_queries(queries, queries_file, DEFAULT_QUERIES)
     if not 1 <= max_pages_per_query <= 1000:
         raise CookError(f"--max-pages-per-query must be between 1 and 1000 (got {max_pages_per_query})")
-    check_crawl_args(concurrency, rate_limit, out, ("COOK_BRITANNICA_URL", get_settings().britannica_url))
+    check_crawl_args(concurrency, rate_limit, out, ("COOK_BRITANNICA_URL", get_settings().britannica_url), refresh_after_hours)
     return qs
 
 
 def crawl_query(query: str, max_pages: int, out: str, base_url: str | None = None, concurrency: int = 4,
-                rate_limit: float = 5.0, **crawler_kw) -> dict:
-    """Crawl one query into `out` (see Crawler.crawl); a query with no failures nor warnings records its manifest."""
+                rate_limit: float = 5.0, refresh_after_hours: float | None = None, **crawler_kw) -> dict:
+    """Crawl one query into `out` (see Crawler.crawl; its articles fetched or checked more than
+    `refresh_after_hours` ago are revisited first) and record its manifest: complete only when no transient
+    failure is left (warnings about structure changes do not count)."""
     with progress(f"britannica: {query}") as bar:
         with Crawler(out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit,
                      on_article=lambda ok: bar.advance(1), on_todo=bar.set_total, **crawler_kw) as c:
-            summary = c.crawl(query, max_pages)
-    if not summary["failed"] and not summary["warnings"]:
-        atomic_write_text(manifest_path(out, query), json.dumps(
-            {k: summary[k] for k in ("query", "found", "done", "parts")}, indent=1))
+            summary = c.crawl(query, max_pages, refresh_before=refresh_cutoff(refresh_after_hours))
+    complete = not any(f.get("transient", True) for f in summary["failed"])
+    write_manifest(out, query, {"max_pages": max_pages}, summary, complete)
     return summary
 
 
-@task(
-    name="crawl-britannica-query",
-    cache_policy=OutputsCache(outputs=query_outputs, version="1", exclude=("concurrency", "rate_limit")),
-    **PERSISTED,
-)
+@task(name="crawl-britannica-query", cache_policy=query_cache(("max_pages",), version="2"), **PERSISTED)
 def crawl_query_task(query: str, max_pages: int, out: str, base_url: str, concurrency: int = 4,
-                     rate_limit: float = 5.0) -> dict:
-    """Prefect wrapper of `crawl_query`; cached on (query, max_pages, out, base_url) while its manifest and
-    parts exist. A query with failures or warnings writes no manifest, so the next run retries it."""
-    return crawl_query(query, max_pages, out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit)
+                     rate_limit: float = 5.0, refresh_after_hours: float | None = 20.0) -> dict:
+    """Prefect wrapper of `crawl_query`; cached on (query, max_pages, out, base_url) while its manifest says the
+    run left no transient failure, is younger than `refresh_after_hours` and its parts exist."""
+    return crawl_query(query, max_pages, out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit,
+                       refresh_after_hours=refresh_after_hours)

@@ -1,15 +1,19 @@
 """What every query-driven scraper shares: its queries, its argument checks, and the per-query manifest
-that keys a query task's cache (a hit only while the manifest and every part it lists exist)."""
+that decides a query task's cache: a hit only while the manifest says the run left nothing transient, has the
+same spec, was finished less than `--refresh-after` hours ago, and every part it lists exists."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
+from model.atomic import atomic_write_text
 from model.errors import CookError
-from tasks.core.caching import stable_hash
+from tasks.core.caching import OutputsCache, stable_hash
 
 
 def read_queries_file(path: str | Path) -> list[str]:
@@ -37,8 +41,12 @@ def gather_queries(queries: list[str] | None, queries_file: str | None, defaults
     return list(dict.fromkeys(qs)) or list(defaults)
 
 
-def check_crawl_args(concurrency: int, rate_limit: float, out: str | None, endpoint: tuple[str, str]) -> None:
-    """Politeness limits in range, `out` not a file, and the endpoint setting (name, value) an http(s) URL."""
+def check_crawl_args(concurrency: int, rate_limit: float, out: str | None, endpoint: tuple[str, str],
+                     refresh_after_hours: float | None = None) -> None:
+    """Politeness limits in range, `out` not a file, the refresh age not negative, and the endpoint setting
+    (name, value) an http(s) URL."""
+    if refresh_after_hours is not None and not refresh_after_hours >= 0:
+        raise CookError(f"--refresh-after must be 0 hours or more (got {refresh_after_hours})")
     if not 1 <= concurrency <= 32:
         raise CookError(f"--concurrency must be between 1 and 32 (got {concurrency})")
     if not rate_limit > 0:
@@ -58,13 +66,49 @@ def manifest_path(out: str | Path, query: str) -> Path:
 
 
 def query_outputs(inputs: dict) -> list[Path]:
-    """The manifest, plus any part it lists that is gone: a hit only while the manifest and all its parts exist
-    (the key stays the same while they do)."""
-    m = manifest_path(inputs["out"], inputs["query"])
-    if not m.is_file():
-        return [m]
-    try:
-        parts = [Path(inputs["out"]) / p for p in json.loads(m.read_text())["parts"]]
-    except (ValueError, KeyError, TypeError):
-        return [m, m.with_suffix(".unreadable")]
-    return [m] + [p for p in parts if not p.exists()]
+    """Where a query task's record lives: its manifest (its validity is `query_valid`'s business)."""
+    return [manifest_path(inputs["out"], inputs["query"])]
+
+
+def write_manifest(out: str | Path, query: str, spec: dict, summary: dict, complete: bool) -> Path:
+    """Record a query's finished run: its spec (budget, depth...), when it finished, the parts holding its
+    documents, and whether it left nothing transient to retry (only then is it a cache hit)."""
+    m = manifest_path(out, query)
+    body = {"query": query, "spec": spec, "complete": complete, "finished_at": time.time(),
+            **{k: summary[k] for k in ("done", "parts") if k in summary}}
+    atomic_write_text(m, json.dumps(body, indent=1))
+    return m
+
+
+def query_valid(spec_keys: tuple[str, ...]) -> Callable[[dict], bool]:
+    """A query task's cached result holds while its manifest says: the same spec, complete (no transient
+    failures left), every part it lists still there, and finished less than `refresh_after_hours` ago
+    (an input; None: never too old)."""
+
+    def valid(inputs: dict) -> bool:
+        m = manifest_path(inputs["out"], inputs["query"])
+        try:
+            body = json.loads(m.read_text())
+            parts, spec, finished = body["parts"], body["spec"], float(body["finished_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if body.get("complete") is not True or spec != {k: inputs.get(k) for k in spec_keys}:
+            return False
+        if not all((Path(inputs["out"]) / p).exists() for p in parts):
+            return False
+        hours = inputs.get("refresh_after_hours")
+        return hours is None or time.time() - finished < float(hours) * 3600
+
+    return valid
+
+
+def query_cache(spec_keys: tuple[str, ...], version: str) -> OutputsCache:
+    """The cache policy of a query task: keyed on its inputs (politeness limits and the refresh age left out),
+    a hit only while `query_valid` holds."""
+    return OutputsCache(outputs=query_outputs, valid=query_valid(spec_keys), version=version,
+                        exclude=("concurrency", "rate_limit", "refresh_after_hours"))
+
+
+def refresh_cutoff(refresh_after_hours: float | None) -> float | None:
+    """The time before which a done item counts as due for a re-check (None: never)."""
+    return None if refresh_after_hours is None else time.time() - float(refresh_after_hours) * 3600

@@ -10,7 +10,10 @@
 - `Crawler`: `list=search` seeds, `action=parse` per page (by page id), link following in the main
   namespace breadth-first, page-id dedup across queries and runs through a SQLite ledger
   (`OUT/ledger.sqlite`, see tasks.core.ledger), documents written in atomic parquet parts. A page that fails
-  is recorded failed and the crawl goes on; the next run retries it.
+  is recorded failed and the crawl goes on; the next run retries it (a dead host, `SourceUnavailable`,
+  stops the crawl instead: the pages left stay pending). At start, pages whose part file is gone go back
+  to pending and are fetched again. `refresh` re-checks known pages' revision ids, 50 per request
+  (`prop=info`), and fetches again only the changed ones, into a new part (newest `fetched_at` wins).
 - `fetch_pages(titles, out)`: fetch given titles (e.g. from a dump) through the same machinery.
 """
 
@@ -30,10 +33,10 @@ import pyarrow as pa
 from prefect import task
 from selectolax.lexbor import LexborHTMLParser
 
-from model.atomic import atomic_write_text, clean_stale_temps
-from model.errors import CookError
-from tasks.core.caching import PERSISTED, OutputsCache
-from tasks.sources.crawl import check_crawl_args, gather_queries, manifest_path, query_outputs
+from model.atomic import clean_stale_temps
+from model.errors import CookError, SourceUnavailable
+from tasks.core.caching import PERSISTED
+from tasks.sources.crawl import check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
 from tasks.corpus.documents import SCHEMA
 from tasks.core.http import FetchError, PoliteClient, Retry, retry_after
 from tasks.core.ledger import Ledger
@@ -283,9 +286,28 @@ class Crawler:
         return self._pattern.replace("$1", quote(title.replace(" ", "_"), safe=";@$!*(),/~:"))
 
     def _reconcile(self) -> int:
-        """Pages staged before a crash: done if a part file holds them, else back to pending."""
+        """Pages staged before a crash: done if a part file holds them, else back to pending. Done pages whose
+        part is gone (deleted by hand) go back to pending too (`self.released`), and done pages recorded before
+        revision ids were kept get theirs from their part."""
         prefix = f"{SOURCE}:{self.lang}:"
-        return self.ledger.recover(self.source, self.out, lambda i: i[len(prefix):] if i.startswith(prefix) else None)
+        recovered = self.ledger.recover(self.source, self.out, lambda i: i[len(prefix):] if i.startswith(prefix) else None)
+        self.released = self.ledger.release_missing(self.source, self.out)
+        self._backfill_versions(prefix)
+        return recovered
+
+    def _backfill_versions(self, prefix: str) -> None:
+        import pyarrow.parquet as pq
+
+        by_part: dict[str, set[str]] = {}
+        for key, part in self.ledger.unversioned(self.source):
+            by_part.setdefault(part, set()).add(key)
+        found: dict[str, str] = {}
+        for part, keys in by_part.items():
+            t = pq.read_table(self.out / part, columns=["id", "revid"]).to_pylist()
+            found.update({d["id"][len(prefix):]: str(d["revid"]) for d in t
+                          if d["id"].startswith(prefix) and d["id"][len(prefix):] in keys and d["revid"]})
+        if found:
+            self.ledger.set_versions(self.source, found)
 
     # --- fetching ----------------------------------------------------------------------------------
 
@@ -315,16 +337,21 @@ class Crawler:
                 pid, title = futures[fut]
                 try:
                     page = fut.result()
+                except SourceUnavailable:  # a dead host stops the crawl; pages not fetched stay pending
+                    raise
                 except Exception as e:  # one page never stops the crawl
                     error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     self.ledger.mark_failed(self.source, pid, error, title=title, tag=tag)
-                    failed.append({"pageid": pid, "title": title, "error": error})
+                    # a page that is gone stays gone: reported, but nothing a later run can fix
+                    failed.append({"pageid": pid, "title": title, "error": error,
+                                   "transient": getattr(e, "code", None) not in MISSING_CODES})
                     if self.on_page:
                         self.on_page(False)
                     continue
                 doc = {"id": self.doc_id(page["pageid"]), "source": SOURCE, "url": self.url(page["title"]), "title": page["title"],
                        "text": page["text"], "fetched_at": datetime.now(timezone.utc), "license": LICENSE, "revid": page["revid"]}
-                self._buffer.append((doc, {"key": pid, "title": page["title"], "tag": tag, "data": {"links": page["links"]}}))
+                self._buffer.append((doc, {"key": pid, "title": page["title"], "tag": tag, "data": {"links": page["links"]},
+                                           "version": str(page["revid"])}))
                 done[pid] = page["links"]
                 if self.on_page:
                     self.on_page(True)
@@ -333,13 +360,53 @@ class Crawler:
         self._flush()
         return done, failed
 
-    def crawl(self, query: str, quota: int, depth: int = 1, search_limit: int | None = None) -> dict:
+    def refresh(self, tag: str | None, checked_before: float) -> dict:
+        """Re-check the done pages of `tag` (None: every tag) last fetched or checked before `checked_before`: their
+        current revision ids, 50 pages per request (`prop=info`), then fetch again only the changed ones (each
+        into a new part; the ledger points to it). Returns {checked, changed, refetched, gone, failed}."""
+        due = self.ledger.due(self.source, tag, checked_before)
+        changed: list[tuple[int, str]] = []
+        gone = 0
+        for i in range(0, len(due), 50):
+            batch = due[i : i + 50]
+            data = self.client.get({"action": "query", "prop": "info", "pageids": "|".join(r["key"] for r in batch)})
+            if "error" in data:
+                raise FetchError(f"revision check: {data['error'].get('code')}: {data['error'].get('info')}", data["error"].get("code"))
+            now = {str(p["pageid"]): p for p in (data.get("query") or {}).get("pages") or [] if "pageid" in p}
+            same = []
+            for r in batch:
+                p = now.get(r["key"])
+                if p is None or p.get("missing") or "lastrevid" not in p:
+                    gone += 1  # deleted since: its document stays, nothing to fetch
+                elif str(p["lastrevid"]) != r["version"]:
+                    changed.append((int(r["key"]), p.get("title") or r["title"]))
+                else:
+                    same.append(r["key"])
+            self.ledger.touch(self.source, same)
+        new, failed = self.fetch(changed, tag or "refresh") if changed else ({}, [])
+        return {"checked": len(due), "changed": len(changed), "refetched": len(new), "gone": gone, "failed": failed}
+
+    def crawl(self, query: str, quota: int, depth: int = 1, search_limit: int | None = None,
+              refresh_before: float | None = None) -> dict:
         """Crawl one query: search seeds, then main-namespace links breadth-first to `depth`, until `quota`
         pages carry this query's tag. Pages done before (by any query, any run) are not fetched again;
-        their links come from the ledger, so the walk goes on through them and a resumed crawl walks the same way."""
+        their links come from the ledger, so the walk goes on through them and a resumed crawl walks the same way.
+
+        First, with `refresh_before` (a time), every known page checked before it is refreshed (see `refresh`;
+        all of them, not only this query's, so the walk below follows today's links whoever fetched a page; the
+        next query finds them checked), and this query's pages whose part was lost, or that failed last time (for
+        a reason other than being gone), are fetched again, whatever the budget: they were chosen within it."""
+        refreshed = self.refresh(None, refresh_before) if refresh_before is not None else None
+        fetched, failures = (refreshed["refetched"], list(refreshed["failed"])) if refreshed else (0, [])
+        lost = [(int(r["key"]), r["title"] or "") for r in self.ledger.items(self.source, "pending", tag=query)]
+        lost += [(int(r["key"]), r["title"] or "") for r in self.ledger.items(self.source, "failed", tag=query)
+                 if (r["error"] or "").split(":")[0] not in MISSING_CODES]
+        if lost:  # lost with a deleted part, staged at a crash and never written, or failed last time: first
+            new, failed = self.fetch(lost, query)
+            fetched += len(new)
+            failures += failed
         before = self.ledger.counts(self.source, tag=query)["done"]
         budget = quota - before
-        fetched, failures = 0, []
         if budget > 0:
             level = search(self.client, query, search_limit or seeds_for(quota, depth))
             seen_ids = {pid for pid, _ in level}
@@ -374,12 +441,17 @@ class Crawler:
                     break
         counts = self.ledger.counts(self.source, tag=query)
         return {"query": query, "quota": quota, "done": counts["done"], "fetched": fetched, "before": before,
-                "failed": failures, "parts": sorted({r["part"] for r in self.ledger.items(self.source, "done", tag=query) if r["part"]})}
+                "failed": failures, "refreshed": {k: v for k, v in (refreshed or {}).items() if k != "failed"},
+                "parts": sorted({r["part"] for r in self.ledger.items(self.source, "done", tag=query) if r["part"]})}
 
-    def fetch_titles(self, titles: Iterable[str], tag: str = "fetch", chunk: int = 500) -> dict:
-        """Fetch the pages named by `titles` (redirects followed), skipping those done; streams in chunks."""
-        fetched, failures, skipped = 0, [], 0
+    def fetch_titles(self, titles: Iterable[str], tag: str = "fetch", chunk: int = 500, refresh_before: float | None = None) -> dict:
+        """Fetch the pages named by `titles` (redirects followed), skipping those done; streams in chunks. With
+        `refresh_before`, done pages of `tag` checked before it are refreshed first (see `refresh`)."""
+        refreshed = self.refresh(tag, refresh_before) if refresh_before is not None else None
+        fetched, failures, skipped = 0, list(refreshed["failed"]) if refreshed else [], 0
         batch: list[str] = []
+        if refreshed:
+            fetched += refreshed["refetched"]
 
         def run(ts: list[str]) -> None:
             nonlocal fetched, skipped
@@ -402,12 +474,15 @@ class Crawler:
 
 
 def fetch_pages(titles: Iterable[str], out: str | Path, *, api_url: str | None = None, concurrency: int = 4,
-                rate_limit: float = 10.0, tag: str = "fetch") -> dict:
-    """Fetch the Wikipedia pages named by `titles` into document parts under `out` (ledger-resumable, polite).
+                rate_limit: float = 10.0, tag: str = "fetch", refresh_after_hours: float | None = None) -> dict:
+    """Fetch the Wikipedia pages named by `titles` into document parts under `out` (ledger-resumable, polite;
+    pages whose part is gone are fetched again; with `refresh_after_hours`, pages fetched or checked longer ago
+    are re-checked and fetched again if changed).
 
-    Returns {fetched, skipped_done, failed: [{pageid, title, error}], out}."""
+    Returns {fetched, skipped_done, failed: [{pageid, title, error, transient}], out}. Raises SourceUnavailable
+    for a dead host."""
     with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit) as c:
-        summary = c.fetch_titles(titles, tag=tag)
+        summary = c.fetch_titles(titles, tag=tag, refresh_before=refresh_cutoff(refresh_after_hours))
     return {**summary, "out": str(Path(out))}
 
 
@@ -422,7 +497,7 @@ def default_out() -> Path:
 
 def check_scrape_wikipedia_args(queries: list[str] | None = None, queries_file: str | None = None, extra_urls: bool = True,
                                 max_pages: int = 500, depth: int = 1, out: str | None = None, concurrency: int = 4,
-                                rate_limit: float = 10.0) -> list[str]:
+                                rate_limit: float = 10.0, refresh_after_hours: float | None = 20.0) -> list[str]:
     """Validate before anything runs; return the queries to crawl (given ones, then the file's, de-duplicated;
     the built-in list when neither is given)."""
     from tasks.core.settings import get_settings
@@ -432,31 +507,30 @@ def check_scrape_wikipedia_args(queries: list[str] | None = None, queries_file: 
         raise CookError(f"--max-pages must be at least 1 (got {max_pages})")
     if depth < 0:
         raise CookError(f"--depth must be 0 or more (got {depth})")
-    check_crawl_args(concurrency, rate_limit, out, ("COOK_WIKIPEDIA_API_URL", get_settings().wikipedia_api_url))
+    check_crawl_args(concurrency, rate_limit, out, ("COOK_WIKIPEDIA_API_URL", get_settings().wikipedia_api_url), refresh_after_hours)
     return qs
 
 
 def crawl_query(query: str, quota: int, depth: int, out: str, api_url: str | None = None, concurrency: int = 4,
-                rate_limit: float = 10.0, search_limit: int | None = None, **crawler_kw) -> dict:
-    """Crawl one query into `out` (see Crawler.crawl); a query with no failures records its manifest."""
+                rate_limit: float = 10.0, search_limit: int | None = None, refresh_after_hours: float | None = None,
+                **crawler_kw) -> dict:
+    """Crawl one query into `out` (see Crawler.crawl; its pages fetched or checked more than `refresh_after_hours`
+    ago are re-checked first) and record its manifest: complete only when no transient failure is left."""
     with progress(f"wikipedia: {query}", total=max(quota, 1)) as bar:
         with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit,
                      on_page=lambda ok: bar.advance(1) if ok else None, **crawler_kw) as c:
             bar.update(c.ledger.counts(c.source, tag=query)["done"])
-            summary = c.crawl(query, quota, depth, search_limit)
+            summary = c.crawl(query, quota, depth, search_limit, refresh_before=refresh_cutoff(refresh_after_hours))
             summary["parts"] = sorted({r["part"] for r in c.ledger.items(c.source, "done", tag=query) if r["part"]})
-    if not summary["failed"]:
-        atomic_write_text(manifest_path(out, query), json.dumps({k: summary[k] for k in ("query", "quota", "done", "parts")}, indent=1))
+    complete = not any(f.get("transient", True) for f in summary["failed"])
+    write_manifest(out, query, {"quota": quota, "depth": depth}, summary, complete)
     return summary
 
 
-@task(
-    name="crawl-query",
-    cache_policy=OutputsCache(outputs=query_outputs, version="1", exclude=("concurrency", "rate_limit")),
-    **PERSISTED,
-)
+@task(name="crawl-query", cache_policy=query_cache(("quota", "depth"), version="2"), **PERSISTED)
 def crawl_query_task(query: str, quota: int, depth: int, max_pages: int, out: str, api_url: str,
-                     concurrency: int = 4, rate_limit: float = 10.0) -> dict:
+                     concurrency: int = 4, rate_limit: float = 10.0, refresh_after_hours: float | None = 20.0) -> dict:
     """Prefect wrapper of `crawl_query`; cached on (query, quota, depth, max_pages, out, api_url) while its
-    manifest and parts exist. A query with failed pages writes no manifest, so the next run retries it."""
-    return crawl_query(query, quota, depth, out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit)
+    manifest says the run left no transient failure, is younger than `refresh_after_hours` and its parts exist."""
+    return crawl_query(query, quota, depth, out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit,
+                       refresh_after_hours=refresh_after_hours)

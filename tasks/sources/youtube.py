@@ -6,11 +6,18 @@
   resumed run lists nothing twice. Each call costs 1 quota unit; the run's `quota` budget, or the API's 403
   quotaExceeded, stops the listing cleanly (what was found is still fetched).
 - The API key is sent in the `X-goog-api-key` header, never in a URL, and is redacted from any API error
-  text, so it reaches no log, artifact, ledger row or output.
-- Fetching (`fetch_batch`): up to `concurrency` threads, one `YouTubeTranscriptApi` per thread; preferred
-  languages, manual captions first, then generated ones. Transient failures are retried with backoff; the
-  permanent ones (disabled, no transcript, unavailable) are recorded and skipped by later runs. Repeated
-  RequestBlocked/IpBlocked backs off, then stops the run rather than burning the IP.
+  text, so it reaches no log, artifact, ledger row or output. A key the API rejects (keyInvalid,
+  API_KEY_INVALID, forbidden, accessNotConfigured, ...) raises `SourceUnavailable` at once: nothing more is tried.
+- Dead hosts: connection-level failures (refused, DNS, TLS, timeouts) to the Data API and to youtube.com are
+  counted per host in a row (tasks.core.health); at COOK_MAX_CONNECT_FAILURES the run stops with one line naming
+  the host and its setting, and the videos not fetched stay pending.
+- Fetching (`fetch_batch`): up to `concurrency` threads, one `YouTubeTranscriptApi` per thread, video starts
+  within `rate_limit` per second. Captions: for each preferred language in order (`en` also matches `en-GB`,
+  `en-US`, ...), manual ones before generated ones (`pick_transcript`). Transient failures are retried with
+  backoff; the lasting ones are recorded: `unavailable` is never tried again, `disabled` and `no_transcript`
+  are checked again after a growing delay (captions are added later), and `no_transcript` also when languages
+  not tried before are asked for. Repeated RequestBlocked/IpBlocked backs off, then stops the run rather
+  than burning the IP.
 - Output: one document per video (`youtube:<id>`, one caption segment per line, non-speech cues such as
   [Music] dropped) in atomic parquet parts; videos are staged, the part written, then marked done, and
   `reconcile` repairs a crash in between.
@@ -38,10 +45,12 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.atomic import clean_stale_temps
-from model.errors import CookError
+from model.errors import CookError, SourceUnavailable
+from tasks.core import health
 from tasks.corpus.documents import SCHEMA, now_utc, write_documents
-from tasks.core.http import RETRY_STATUS, FetchError, PoliteClient, retry_after
-from tasks.sources.youtube_ledger import YouTubeLedger
+from tasks.core.http import RETRY_STATUS, FetchError, PoliteClient, ResponseTooSlow, _answered, retry_after
+from tasks.core.limits import host_of
+from tasks.sources.youtube_ledger import RECHECKED, YouTubeLedger
 
 SOURCE = "youtube"
 LEDGER_NAME = "ledger.sqlite"
@@ -52,6 +61,12 @@ DOC_SCHEMA = pa.schema(list(SCHEMA) + [pa.field("channel", pa.string()), pa.fiel
                                        pa.field("is_generated", pa.bool_())])
 QUOTA_REASONS = {"quotaExceeded", "dailyLimitExceeded"}
 RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "backendError"}
+# The key itself is refused: `error.errors[].reason` (v3's own) or `error.details[].reason` (google.rpc.ErrorInfo,
+# with `status` INVALID_ARGUMENT / PERMISSION_DENIED). Any of these ends the run before transcript work.
+KEY_REASONS = {"keyInvalid", "keyExpired", "forbidden", "accessNotConfigured", "ipRefererBlocked", "API_KEY_INVALID",
+               "API_KEY_EXPIRED", "SERVICE_DISABLED", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
+               "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED", "API_KEY_IOS_APP_BLOCKED"}
+RECHECK_CAP_S = 30 * 86_400.0  # videos without captions are checked again at most this far apart
 CHANNEL_ID = re.compile(r"UC[A-Za-z0-9_-]{22}")
 
 # Educational channels (the original's sample, de-duplicated, plus a few more): lectures, science, maths, history.
@@ -88,15 +103,17 @@ _CUES = re.compile(r"\[[^\]]*\]|\((?:music|applause|laughter|laughs|inaudible|si
 class YouTubeOptions(BaseSettings):
     """Proxies and tuning for the transcript fetcher, from the environment (COOK_YOUTUBE_...).
 
-    A Webshare username/password wins over generic proxy URLs. Backoffs are in seconds."""
+    A Webshare username/password wins over generic proxy URLs (which may hold a password: kept as secrets,
+    redacted from every error text). Backoffs are in seconds."""
 
     model_config = SettingsConfigDict(env_prefix="COOK_YOUTUBE_", env_file=".env", extra="ignore")
 
-    proxy_http: str | None = None
-    proxy_https: str | None = None
+    proxy_http: SecretStr | None = None
+    proxy_https: SecretStr | None = None
     webshare_username: str | None = None
     webshare_password: SecretStr | None = None
-    timeout_s: float = 30.0
+    rate_limit: float = 2.0  # video fetches started per second at most (each is ~3 requests); 0: no rate limit
+    timeout_s: float = 30.0  # per request; connecting gives up after min(10, this)
     retries: int = 3  # in-run retries of a transient failure
     retry_backoff_s: float = 2.0  # in-run backoff base; a later run waits backoff * 4**attempts (capped at a day)
     blocked_backoff_s: float = 60.0  # after the n-th block in a row, wait backoff * 2**(n-1)
@@ -143,12 +160,29 @@ class ApiError(Exception):
         self.status, self.reason = status, reason
 
 
+def api_error_reasons(body: Any) -> tuple[set[str], str, str]:
+    """A Data API error body -> (every reason in it, the most telling one, its message). Reasons come from
+    `error.errors[].reason` (v3's own), `error.details[].reason` (google.rpc.ErrorInfo) and `error.status`."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return set(), "", ""
+    own = [e.get("reason") for e in err.get("errors") or [] if isinstance(e, dict) and e.get("reason")]
+    info = [d.get("reason") for d in err.get("details") or [] if isinstance(d, dict) and d.get("reason")]
+    status = err.get("status") if isinstance(err.get("status"), str) else ""
+    reasons = {str(r) for r in own + info + [status] if r}
+    # the key reasons of both kinds (accessNotConfigured/SERVICE_DISABLED); a specific ErrorInfo reason
+    # (API_KEY_INVALID) says more than v3's generic one (badRequest)
+    label = "/".join(dict.fromkeys(str(r) for r in own + info if r in KEY_REASONS)) or str((info or own or [status])[0] or "")
+    return reasons, label, str(err.get("message") or "")
+
+
 class DataAPI(PoliteClient):
     """YouTube Data API v3 calls within a quota budget: `call(endpoint, params)` -> JSON.
 
     Every request sent costs 1 unit (`units`); one that would pass `budget` raises QuotaExhausted instead.
-    5xx/429 and rate-limit reasons are retried with backoff; quotaExceeded raises QuotaExhausted; other
-    errors raise ApiError. The key travels in a header; error texts are redacted."""
+    5xx/429 and rate-limit reasons are retried with backoff; quotaExceeded raises QuotaExhausted; a rejected
+    key (KEY_REASONS) or a host found down raises SourceUnavailable; other errors raise ApiError. The key travels
+    in a header that never follows a redirect to another origin (tasks.core.http); error texts are redacted."""
 
     def __init__(self, key: str, api_url: str | None = None, budget: int = 10_000, **kw: Any):
         from tasks.core.settings import get_settings
@@ -159,31 +193,41 @@ class DataAPI(PoliteClient):
         self.api_url = (api_url or get_settings().youtube_api_url).rstrip("/")
         self.budget, self.units = budget, 0
 
-    def _error(self, r: httpx.Response) -> tuple[str, str]:
+    def _error(self, r: httpx.Response) -> tuple[set[str], str, str]:
         try:
-            err = r.json()["error"]
-            reason = (err.get("errors") or [{}])[0].get("reason") or err.get("status") or ""
-            message = str(err.get("message") or "")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            reason, message = "", r.text[:200]
-        return reason, redact(" ".join(message.split())[:300], self._key)
+            reasons, label, message = api_error_reasons(r.json())
+        except ValueError:
+            reasons, label, message = set(), "", r.text[:200]
+        return reasons, label, redact(" ".join(message.split())[:300], self._key)
 
     def call(self, endpoint: str, params: dict) -> dict:
+        """GET one endpoint. Raises QuotaExhausted, ApiError, FetchError (retries spent), or SourceUnavailable
+        when the key is rejected or the host is found down (COOK_MAX_CONNECT_FAILURES connection failures in a row)."""
         url = f"{self.api_url}/{endpoint}"
         reason = ""
         for attempt in range(self.retries + 1):
             if self.units + 1 > self.budget:
                 raise QuotaExhausted(f"the run's quota budget of {self.budget} units is spent")
+            health.check(url)
             wait = self._backoff(attempt)
+            unreachable = False
             with self.limits.slot(url):
                 self.units += 1
                 self.stats["requests"] += 1
                 try:
                     r = self.http.get(url, params=params)
+                except ResponseTooSlow as e:
+                    reason, r = str(e), None
+                except FetchError:  # over the size cap, or a redirect refused (the key stays on its origin)
+                    raise
                 except httpx.TimeoutException as e:
-                    reason, r = f"timed out ({type(e).__name__})", None
-                except httpx.TransportError as e:
-                    reason, r = redact(f"{type(e).__name__}: {e}", self._key), None
+                    reason, r, unreachable = f"timed out ({type(e).__name__})", None, not _answered(e)
+                except httpx.TransportError as e:  # DNS, refused, TLS, reset, an incomplete body
+                    reason, r, unreachable = redact(f"{type(e).__name__}: {e}", self._key), None, not _answered(e)
+            if unreachable:
+                health.failed(url, reason)  # raises SourceUnavailable once the host counts as down
+            else:
+                health.ok(url)
             if r is not None:
                 if r.status_code == 200:
                     try:
@@ -191,10 +235,14 @@ class DataAPI(PoliteClient):
                     except ValueError:
                         reason = "invalid JSON body"
                 else:
-                    why, message = self._error(r)
-                    if why in QUOTA_REASONS:
+                    reasons, why, message = self._error(r)
+                    if reasons & QUOTA_REASONS:
                         raise QuotaExhausted(f"the API's daily quota is exceeded ({why})")
-                    if r.status_code in RETRY_STATUS or why in RATE_REASONS:
+                    if reasons & KEY_REASONS or r.status_code == 401:
+                        raise SourceUnavailable(
+                            f"the YouTube Data API at {host_of(url)} rejected the API key (HTTP {r.status_code} {why}: "
+                            f"{message[:160]}); check COOK_YOUTUBE_API_KEY or the Prefect Secret block '{SECRET_BLOCK}'")
+                    if r.status_code in RETRY_STATUS or reasons & RATE_REASONS:
                         reason = f"HTTP {r.status_code} {why}".strip()
                         after = retry_after(r.headers.get("Retry-After"))
                         if after is not None:
@@ -295,8 +343,9 @@ def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api
                   key: str | None = None, refresh_after: float | None = REFRESH_AFTER_S, **client_kw: Any) -> dict:
     """List every channel's uploads into `OUT/ledger.sqlite` within `quota` units; channels listed more than
     `refresh_after` seconds ago are checked for new uploads. A channel that fails is reported and the others
-    go on; the quota ends the listing cleanly. Returns
-    {units, stopped (None | "quota"), message, per_channel, new}."""
+    go on (`transient` says whether retrying may help); the quota ends the listing cleanly; a rejected key or
+    the API's host found down raises SourceUnavailable. Returns {units, stopped (None | "quota"), message,
+    per_channel, new}."""
     key = key or resolve_api_key()
     if not key:
         raise CookError(f"no YouTube API key: set COOK_YOUTUBE_API_KEY or a Prefect Secret block '{SECRET_BLOCK}'")
@@ -308,8 +357,9 @@ def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api
                 for cid in channels:
                     try:
                         rows.append(list_channel(api, ledger, cid, refresh_after))
-                    except (ApiError, FetchError) as e:
-                        rows.append({"channel": cid, "state": "failed", "new": 0, "error": redact(str(e), key)})
+                    except (ApiError, FetchError) as e:  # FetchError: retries spent on a transient error
+                        rows.append({"channel": cid, "state": "failed", "new": 0, "error": redact(str(e), key),
+                                     "transient": not isinstance(e, ApiError)})
             except QuotaExhausted as e:
                 stopped, message = "quota", f"listing stopped: {e}; a later run goes on from here"
             finally:
@@ -341,7 +391,23 @@ def proxy_config(opts: YouTubeOptions):
         return WebshareProxyConfig(proxy_username=opts.webshare_username,
                                    proxy_password=opts.webshare_password.get_secret_value())
     if opts.proxy_http or opts.proxy_https:
-        return GenericProxyConfig(http_url=opts.proxy_http, https_url=opts.proxy_https)
+        return GenericProxyConfig(http_url=opts.proxy_http.get_secret_value() if opts.proxy_http else None,
+                                  https_url=opts.proxy_https.get_secret_value() if opts.proxy_https else None)
+    return None
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """A one-line reason when `exc` is a connection-level failure (no answer came back: DNS, refused, reset,
+    TLS, proxy, timeout), else None."""
+    import requests
+
+    if isinstance(exc, requests.Timeout):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return "ProxyError: cannot use the proxy (COOK_YOUTUBE_PROXY_HTTP/HTTPS or COOK_YOUTUBE_WEBSHARE_*)"
+    if isinstance(exc, requests.ConnectionError):
+        found = re.search(r"\[Errno -?\d+\] [^'\")\]]*|Name or service not known|Connection refused|Connection reset[^'\")]*", str(exc))
+        return f"{type(exc).__name__}: {found.group(0).strip()}" if found else type(exc).__name__
     return None
 
 
@@ -349,16 +415,29 @@ def _adapter_class():
     from requests.adapters import HTTPAdapter
 
     class YouTubeAdapter(HTTPAdapter):
-        """Default timeout on every request; requests to https://www.youtube.com go to `base` (a mirror or a test server)."""
+        """Default timeouts on every request (connect, read); requests to https://www.youtube.com go to `base` (a mirror
+        or a test server). Each request counts for its host's health (tasks.core.health): an answer resets the
+        count, a connection-level failure adds one, and at the limit SourceUnavailable stops the run."""
 
-        def __init__(self, base: str | None, timeout: float, **kw: Any):
-            self.base, self.timeout = base, timeout
+        def __init__(self, base: str | None, timeout: float, secrets: tuple[str, ...] | list[str] = (), **kw: Any):
+            self.base, self.timeout, self.secrets = base, (min(10.0, timeout), timeout), list(secrets)
             super().__init__(**kw)
 
         def send(self, request, timeout=None, **kw):  # type: ignore[override]
             if self.base and request.url.startswith(YOUTUBE):
                 request.url = self.base + request.url[len(YOUTUBE):]
-            return super().send(request, timeout=timeout or self.timeout, **kw)
+            health.check(request.url)
+            try:
+                r = super().send(request, timeout=timeout or self.timeout, **kw)
+            except Exception as e:
+                why = connection_failure(e)
+                if why is not None:
+                    for secret in self.secrets:
+                        why = redact(why, secret)
+                    health.failed(request.url, why)  # raises once the host counts as down
+                raise
+            health.ok(request.url)
+            return r
 
     return YouTubeAdapter
 
@@ -379,22 +458,45 @@ def make_transcript_api(opts: YouTubeOptions, youtube_url: str | None = None):
     proxies = proxy_config(opts)
     api = YouTubeTranscriptApi(proxy_config=proxies, http_client=session)
     retries = UrlRetry(total=proxies.retries_when_blocked, status_forcelist=[429]) if proxies and proxies.retries_when_blocked else 0
-    adapter = _adapter_class()(base, opts.timeout_s, max_retries=retries)
+    adapter = _adapter_class()(base, opts.timeout_s, _proxy_secrets(opts), max_retries=retries)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return api
 
 
-def fetch_transcript(api, video_id: str, languages: list[str]) -> tuple[str, str, bool]:
-    """(text, language code, is_generated) of a video's captions: manual ones in the first preferred language
-    that has them, else generated ones. Raises the library's errors."""
+def language_rank(code: str, languages: list[str]) -> tuple[int, int] | None:
+    """Where a track's language code stands in the preferred `languages`: (index, 0 exact | 1 regional), None
+    when it matches none. `en` matches `en`, then `en-GB`, `en-US`, ...; `en-GB` matches itself and its own
+    subtags (`en-GB-oxendict`), not `en`."""
+    code = code.lower()
+    for i, lang in enumerate(languages):
+        lang = lang.lower()
+        if code == lang:
+            return i, 0
+        if code.startswith(lang + "-"):
+            return i, 1
+    return None
+
+
+def pick_transcript(transcripts, languages: list[str]):
+    """The track to fetch: the first preferred language that has one; within it manual before generated, an
+    exact code before a regional one. Raises NoTranscriptFound when no track matches."""
     from youtube_transcript_api import NoTranscriptFound
 
-    tl = api.list(video_id)
-    try:
-        tr = tl.find_manually_created_transcript(languages)
-    except NoTranscriptFound:
-        tr = tl.find_generated_transcript(languages)
+    ranked = []
+    for tr in transcripts:
+        rank = language_rank(tr.language_code, languages)
+        if rank is not None:
+            ranked.append(((rank[0], bool(tr.is_generated), rank[1], tr.language_code), tr))
+    if not ranked:
+        raise NoTranscriptFound(getattr(transcripts, "video_id", ""), languages, transcripts)
+    return min(ranked, key=lambda x: x[0])[1]
+
+
+def fetch_transcript(api, video_id: str, languages: list[str]) -> tuple[str, str, bool]:
+    """(text, language code, is_generated) of a video's captions, chosen by `pick_transcript`. Raises the
+    library's errors."""
+    tr = pick_transcript(api.list(video_id), languages)
     fetched = tr.fetch()
     return clean_segments([s.text for s in fetched]), tr.language_code, tr.is_generated
 
@@ -423,12 +525,16 @@ def classify(exc: BaseException) -> tuple[str, bool, str]:
 
 
 def _proxy_secrets(opts: YouTubeOptions) -> list[str]:
-    """Proxy passwords, to redact from error texts."""
-    from urllib.parse import urlparse
+    """Proxy passwords (and the URLs that hold them), to redact from error texts."""
+    from urllib.parse import unquote, urlparse
 
     found = [opts.webshare_password.get_secret_value()] if opts.webshare_password else []
-    found += [urlparse(u).password for u in (opts.proxy_http, opts.proxy_https) if u and urlparse(u).password]
-    return [s for s in found if s]
+    for u in (opts.proxy_http, opts.proxy_https):
+        if u is not None:
+            url = u.get_secret_value()
+            password = urlparse(url).password
+            found += [url, password, unquote(password)] if password else []
+    return sorted({s for s in found if s}, key=len, reverse=True)  # the whole URL before its password
 
 
 class BlockGuard:
@@ -456,7 +562,9 @@ class BlockGuard:
 
 
 def reconcile(out: str | Path) -> dict:
-    """Repair a crash: temp files removed; staged videos found in their part become done, the others pending."""
+    """Bring the ledger in line with the parts on disk: temp files removed; staged videos found in their part
+    become done, the others pending (a crash); done videos whose part file is gone go back to pending (an output
+    deleted by hand is re-made, and only what was lost). Returns {recovered, reset, released}."""
     out = Path(out)
     clean_stale_temps(out)
     with YouTubeLedger(out / LEDGER_NAME) as ledger:
@@ -466,14 +574,27 @@ def reconcile(out: str | Path) -> dict:
                 for doc_id in pq.read_table(out / name, columns=["id"]).column("id").to_pylist():
                     written[doc_id.split(":", 1)[1]] = name
         recovered, reset = ledger.reconcile(written)
-    return {"recovered": recovered, "reset": reset}
+        released = ledger.release_missing(lambda part: (out / part).is_file())
+    return {"recovered": recovered, "reset": reset, "released": released}
+
+
+def recheck_delay(misses: int, recheck_after: float | None) -> float:
+    """Seconds until a video found without captions `misses` times in a row is checked again:
+    `recheck_after`, doubling with each miss, at most RECHECK_CAP_S (None: never again)."""
+    if recheck_after is None:
+        return float("inf")
+    return min(RECHECK_CAP_S, recheck_after * 2 ** max(0, misses - 1))
 
 
 def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], concurrency: int = 4,
                 blocked_streak: int = 0, opts: YouTubeOptions | None = None, youtube_url: str | None = None,
-                on_video: Callable[[], None] | None = None) -> dict:
-    """Fetch these videos' transcripts with `concurrency` threads into parquet parts under `out`, recording each
-    outcome in the ledger. Returns {fetched, failed: {state: n}, skipped, blocked_streak, stopped}."""
+                on_video: Callable[[], None] | None = None, rate: float | None = None,
+                recheck_after: float | None = REFRESH_AFTER_S) -> dict:
+    """Fetch these videos' transcripts with `concurrency` threads, starting at most `rate` videos per second
+    (None: COOK_YOUTUBE_RATE_LIMIT; 0: unlimited), into parquet parts under `out`, recording each outcome in the
+    ledger; videos without captions are checked again after `recheck_delay(misses, recheck_after)`. Returns
+    {fetched, failed: {state: n}, skipped, blocked_streak, stopped}. Raises SourceUnavailable when youtube.com
+    cannot be reached: what was fetched is written, the videos not fetched stay as they were (pending)."""
     from tasks.core.limits import HostLimits
     from tasks.core.settings import get_settings
 
@@ -481,7 +602,8 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
     out = Path(out)
     guard = BlockGuard(opts.max_blocked, opts.blocked_backoff_s, blocked_streak)
     site = youtube_url or get_settings().youtube_url
-    limits = HostLimits(concurrency, None)  # plus youtube.com's global concurrency across runs (tasks/core/limits.py)
+    rate = opts.rate_limit if rate is None else rate
+    limits = HostLimits(concurrency, rate or None)  # plus youtube.com's global limits across runs (tasks/core/limits.py)
     local = threading.local()
     proxy_secrets = _proxy_secrets(opts)
     failed: dict[str, int] = {}
@@ -496,36 +618,41 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
                 return
             part = f"{SOURCE}-{uuid.uuid4().hex[:16]}.parquet"
             ids = [d["id"].split(":", 1)[1] for d in buffer]
-            ledger.stage(ids, part, {i: (d["language"], d["is_generated"]) for i, d in zip(ids, buffer)})
+            ledger.stage(ids, part, {i: (d["language"], d["is_generated"]) for i, d in zip(ids, buffer)}, languages)
             write_documents(out / part, buffer, DOC_SCHEMA)
             ledger.mark_done(ids)
             fetched += len(buffer)
             buffer = []
 
         def one(vid: str) -> dict:
-            if guard.stop.is_set():
-                return {"video_id": vid, "state": "skipped"}
-            if not hasattr(local, "api"):
-                local.api = make_transcript_api(opts, youtube_url)
-            for attempt in range(opts.retries + 1):
+            # a connection-level failure is retried until the host counts as down (SourceUnavailable), within a bound
+            tries, conn_tries = opts.retries + 1, opts.retries + 1 + health.limit()
+            attempt = 0
+            while True:
+                if guard.stop.is_set():
+                    return {"video_id": vid, "state": "skipped"}
+                if not hasattr(local, "api"):
+                    local.api = make_transcript_api(opts, youtube_url)
                 try:
                     with limits.slot(site):
                         text, lang, gen = fetch_transcript(local.api, vid, languages)
+                except SourceUnavailable:
+                    raise
                 except Exception as e:  # noqa: BLE001 - every failure is classified and recorded
                     state, again, reason = classify(e)
-                    if again and attempt < opts.retries and not guard.stop.is_set():
-                        time.sleep(opts.retry_backoff_s * 2**attempt * (0.5 + random.random()))
+                    attempt += 1
+                    if again and attempt < (conn_tries if connection_failure(e) else tries) and not guard.stop.is_set():
+                        guard.stop.wait(opts.retry_backoff_s * 2 ** min(attempt - 1, 6) * (0.5 + random.random()))
                         continue
                     if state == "blocked":
                         guard.blocked()
                     for secret in proxy_secrets:
                         reason = redact(reason, secret)
-                    return {"video_id": vid, "state": state, "error": reason, "attempts": attempt + 1}
+                    return {"video_id": vid, "state": state, "error": reason, "attempts": attempt}
                 guard.ok()
                 if not text:
                     return {"video_id": vid, "state": "no_transcript", "error": "only non-speech cues"}
                 return {"video_id": vid, "state": "done", "text": text, "language": lang, "is_generated": gen}
-            raise AssertionError("unreachable")
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="youtube") as pool:
             try:
@@ -540,13 +667,18 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
                     elif r["state"] == "skipped":
                         skipped += 1
                     else:
-                        retry_in = 0.0 if r["state"] == "blocked" else min(86_400.0, opts.retry_backoff_s * 4 ** (row["attempts"] + 1))
-                        ledger.mark_failed(vid, r["state"], r["error"], retry_in)
+                        if r["state"] == "blocked":
+                            retry_in = 0.0
+                        elif r["state"] in RECHECKED:  # captions may come later: check again after a growing delay
+                            retry_in = recheck_delay((row["misses"] or 0) + 1, recheck_after)
+                        else:
+                            retry_in = min(86_400.0, opts.retry_backoff_s * 4 ** (row["attempts"] + 1))
+                        ledger.mark_failed(vid, r["state"], r["error"], min(retry_in, 10 * 365 * 86_400.0), languages)
                         failed[r["state"]] = failed.get(r["state"], 0) + 1
                     if on_video is not None and r["state"] != "skipped":
                         on_video()
             except BaseException:
-                guard.stop.set()  # interrupted: the videos not started yet return at once
+                guard.stop.set()  # stopped (a dead host, an interrupt): the videos not started yet return at once
                 raise
             finally:
                 flush()
@@ -621,8 +753,8 @@ RUN_BARS: dict[str, Any] = {}
 
 @task(name="fetch-youtube-batch", retries=0)
 def fetch_batch_task(video_ids: list[str], out: str, languages: list[str], concurrency: int = 4,
-                     blocked_streak: int = 0) -> dict:
+                     blocked_streak: int = 0, recheck_after: float | None = REFRESH_AFTER_S) -> dict:
     """Prefect wrapper of `fetch_batch`: one batch of videos, the overall progress bar moved per video."""
     bar = RUN_BARS.get(out)
     return fetch_batch(video_ids, out, languages, concurrency, blocked_streak,
-                       on_video=(lambda: bar.advance(1)) if bar is not None else None)
+                       on_video=(lambda: bar.advance(1)) if bar is not None else None, recheck_after=recheck_after)

@@ -3,13 +3,17 @@
 - `channels`: the uploads playlist, the next page token and whether the listing is complete, so a resumed
   run (or one stopped at the quota) lists nothing twice and goes on from the page where it stopped.
 - `videos`: keyed by `video_id`, with its channel, title, state, attempts, the last error, the part file
-  holding its document, and `next_try_at` (retryable failures wait out a backoff).
+  holding its document, `next_try_at` (retryable failures wait out a backoff; videos without captions wait
+  for their next check), the caption `languages` last tried (comma-separated) and `misses` (checks in a row
+  that found no captions: the next check waits `recheck_after * 2**(misses-1)`, capped).
 - `meta`: small counters (Data API units spent, all runs together).
 
 States: `pending` (to fetch), `staged` (being written to a part: after a crash, `reconcile` makes it done if
-its part holds it, else pending), `done`, the permanent failures `disabled`, `no_transcript`,
-`unavailable`, and the retryable `blocked` and `error`. A video is written here the moment its listing page
-arrives, in the same transaction as the channel's next page token.
+its part holds it, else pending), `done` (back to pending when its part file is gone: `release_missing`), the
+lasting failures `disabled`, `no_transcript` (checked again after a growing delay, and `no_transcript` also
+when languages not tried before are asked for) and `unavailable` (never again), and the retryable `blocked`
+and `error`. A video is written here the moment its listing page arrives, in the same transaction as the
+channel's next page token.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tasks.core.ledger import SqliteFile
 
 STATES = ("pending", "staged", "done", "disabled", "no_transcript", "unavailable", "blocked", "error")
 PERMANENT = ("disabled", "no_transcript", "unavailable")
+RECHECKED = ("disabled", "no_transcript")  # captions may be added later: checked again after a growing delay
 RETRYABLE = ("blocked", "error")
 
 _SCHEMA = f"""
@@ -48,13 +53,22 @@ CREATE TABLE IF NOT EXISTS videos (
     is_generated INTEGER,
     next_try_at REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    languages TEXT,
+    misses INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS videos_state ON videos (state, next_try_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
-_VIDEO_COLS = "video_id, channel_id, title, published_at, state, attempts, error, part, language, is_generated, next_try_at, created_at, updated_at"
+_VIDEO_COLS = ("video_id, channel_id, title, published_at, state, attempts, error, part, language, is_generated, next_try_at, "
+               "created_at, updated_at, languages, misses")
+_ADDED = {"languages": "TEXT", "misses": "INTEGER NOT NULL DEFAULT 0"}  # columns newer than the first ledgers
+
+
+def lang_key(languages: Iterable[str]) -> str:
+    """Languages as stored: lower case, comma-separated, in order."""
+    return ",".join(lang.strip().lower() for lang in languages if lang.strip())
 _CHANNEL_COLS = "channel_id, title, uploads, page_token, listed, videos, error, updated_at"
 
 
@@ -62,6 +76,14 @@ class YouTubeLedger(SqliteFile):
     """The YouTube ledger: one row per video (keyed by video_id) and per channel (listing progress)."""
 
     schema = _SCHEMA
+
+    def __init__(self, path):
+        super().__init__(path)
+        with self._lock:  # a ledger from an older cook: add the newer columns
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(videos)")}
+            for col, decl in _ADDED.items():
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE videos ADD COLUMN {col} {decl}")
 
     def _tx(self, statements: Iterable[tuple[str, list[tuple]]]) -> None:
         """Run (sql, rows) pairs in one transaction."""
@@ -126,23 +148,29 @@ class YouTubeLedger(SqliteFile):
             sql, args = sql + " WHERE state = ?", (state,)
         return [dict(zip(_VIDEO_COLS.split(", "), r)) for r in self._query(sql + " ORDER BY created_at, video_id", args)]
 
-    def due(self, now: float | None = None) -> list[dict]:
-        """Videos to fetch now: pending ones, and retryable failures whose backoff has passed (oldest first)."""
+    def due(self, languages: Iterable[str] | None = None, now: float | None = None) -> list[dict]:
+        """Videos to fetch now (oldest first): pending ones; retryable failures whose backoff has passed; videos
+        without captions whose next check is due; and, given `languages`, `no_transcript` videos that were not
+        tried in every one of them (a ledger from before languages were recorded: tried in none)."""
         now = time.time() if now is None else now
-        rows = self._query(f"SELECT {_VIDEO_COLS} FROM videos WHERE state = 'pending' OR (state IN ('blocked', 'error') "
-                           "AND next_try_at <= ?) ORDER BY created_at, video_id", (now,))
-        return [dict(zip(_VIDEO_COLS.split(", "), r)) for r in rows]
+        want = set(lang_key(languages).split(",")) - {""} if languages is not None else set()
+        rows = [dict(zip(_VIDEO_COLS.split(", "), r)) for r in self._query(
+            f"SELECT {_VIDEO_COLS} FROM videos WHERE state = 'pending' OR (state IN ('blocked', 'error', 'disabled', "
+            "'no_transcript') AND next_try_at <= ?) OR state = 'no_transcript' ORDER BY created_at, video_id", (now,))]
+        return [r for r in rows if r["state"] != "no_transcript" or r["next_try_at"] <= now
+                or want - set((r["languages"] or "").split(","))]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._query("SELECT state, COUNT(*) FROM videos GROUP BY state"))
         return {s: found.get(s, 0) for s in STATES}
 
-    def stage(self, video_ids: list[str], part: str, meta: dict[str, tuple[str, bool]]) -> None:
-        """Before writing `part`: these videos go in it (with their caption language and whether generated)."""
-        now = time.time()
+    def stage(self, video_ids: list[str], part: str, meta: dict[str, tuple[str, bool]], languages: Iterable[str] = ()) -> None:
+        """Before writing `part`: these videos go in it (with their caption language and whether generated, and
+        the languages asked for)."""
+        now, langs = time.time(), lang_key(languages) or None
         self._tx([("UPDATE videos SET state = 'staged', part = ?, language = ?, is_generated = ?, attempts = attempts + 1, "
-                   "error = NULL, updated_at = ? WHERE video_id = ? AND state != 'done'",
-                   [(part, *meta[v], now, v) for v in video_ids])])
+                   "error = NULL, misses = 0, languages = ?, updated_at = ? WHERE video_id = ? AND state != 'done'",
+                   [(part, *meta[v], langs, now, v) for v in video_ids])])
 
     def mark_done(self, video_ids: list[str]) -> None:
         """After `part` is durably written."""
@@ -150,12 +178,16 @@ class YouTubeLedger(SqliteFile):
         self._tx([("UPDATE videos SET state = 'done', updated_at = ? WHERE video_id = ? AND state = 'staged'",
                    [(now, v) for v in video_ids])])
 
-    def mark_failed(self, video_id: str, state: str, error: str, retry_in: float = 0.0) -> None:
-        """One failed attempt: a permanent state, or a retryable one tried again after `retry_in` seconds."""
+    def mark_failed(self, video_id: str, state: str, error: str, retry_in: float = 0.0, languages: Iterable[str] = ()) -> None:
+        """One failed attempt: a lasting state (checked again after `retry_in` seconds where RECHECKED, with `misses`
+        counted), or a retryable one tried again after `retry_in` seconds; `languages`: those asked for."""
         assert state in PERMANENT + RETRYABLE, state
-        now = time.time()
-        self._tx([("UPDATE videos SET state = ?, error = ?, attempts = attempts + 1, next_try_at = ?, updated_at = ? "
-                   "WHERE video_id = ? AND state != 'done'", [(state, error[:500], now + retry_in, now, video_id)])])
+        now, langs = time.time(), lang_key(languages) or None
+        miss = 1 if state in RECHECKED else 0
+        self._tx([("UPDATE videos SET state = ?, error = ?, attempts = attempts + 1, next_try_at = ?, updated_at = ?, "
+                   "misses = CASE WHEN ? THEN misses + 1 ELSE misses END, languages = COALESCE(?, languages) "
+                   "WHERE video_id = ? AND state != 'done'",
+                   [(state, error[:500], now + retry_in, now, miss, langs, video_id)])])
 
     def reconcile(self, written: dict[str, str]) -> tuple[int, int]:
         """After a crash: staged videos found in their part (`written`: video_id -> part) become done, the others
@@ -168,6 +200,17 @@ class YouTubeLedger(SqliteFile):
                   ("UPDATE videos SET state = 'pending', part = NULL, attempts = MAX(attempts - 1, 0), updated_at = ? "
                    "WHERE video_id = ?", [(now, v) for v in back])])
         return len(ok), len(back)
+
+    def release_missing(self, exists) -> int:
+        """Done videos whose part file is gone (`exists(part)` false) go back to pending, so deleting an output
+        re-makes exactly what was lost. Returns how many."""
+        gone = [p for (p,) in self._query("SELECT DISTINCT part FROM videos WHERE state = 'done' AND part IS NOT NULL") if not exists(p)]
+        if not gone:
+            return 0
+        n = self._query(f"SELECT COUNT(*) FROM videos WHERE state = 'done' AND part IN ({', '.join('?' * len(gone))})", tuple(gone))[0][0]
+        self._tx([("UPDATE videos SET state = 'pending', part = NULL, updated_at = ? WHERE state = 'done' AND part = ?",
+                   [(time.time(), p) for p in gone])])
+        return n
 
     def staged_parts(self) -> set[str]:
         return {p for (p,) in self._query("SELECT DISTINCT part FROM videos WHERE state = 'staged' AND part IS NOT NULL")}
