@@ -263,6 +263,9 @@ class FakeWiki:
         return found
 
 
+MOVED_PATH = "/old/api.php"  # an address the API moved away from: every request there is redirected to /w/api.php
+
+
 class FakeMediaWiki:
     """`with FakeMediaWiki(wiki) as api: api.url` — the API endpoint URL (`http://127.0.0.1:PORT/w/api.php`)."""
 
@@ -284,6 +287,7 @@ class FakeMediaWiki:
         self.faults_sent: Counter[str] = Counter()
         self.fault_times: list[tuple[float, str]] = []
         self.info_requests = 0
+        self.redirects = 0  # requests to MOVED_PATH, answered 301
         self._faults_per_key: Counter[str] = Counter()
         self.arrivals: deque[float] = deque()
         self.user_agents: set[str] = set()
@@ -368,6 +372,11 @@ class FakeMediaWiki:
     def _handle(self, h: BaseHTTPRequestHandler) -> bool:
         """Answer one request; return False when the request left the in-flight count early (a hang)."""
         url = urlparse(h.path)
+        if url.path == MOVED_PATH:  # the API's old address: a permanent redirect to the new one, query kept
+            with self._lock:
+                self.redirects += 1
+            self._send(h, 301, b"", "text/plain", {"Location": "/w/api.php" + (f"?{url.query}" if url.query else "")})
+            return True
         if url.path != "/w/api.php":
             self._send(h, 404, b"not found", "text/plain")
             return True

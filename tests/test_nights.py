@@ -14,7 +14,9 @@ output folder) and returns the page ids it gives a reason to fetch again, and pu
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,8 @@ class WikiNight:
     event: Callable[["WikiNights"], set[int]] = lambda h: set()
     exit: int = 0
     env: Callable[["WikiNights"], dict] | None = None  # settings for this night's run only
+    run: Callable[["WikiNights", dict | None], "Ran"] | None = None  # how the night runs (default: one nightly run)
+    runs: int = 1  # how many runs that makes (each checks the revisions of the known pages)
 
 
 @dataclass
@@ -177,6 +181,49 @@ def _dead_host(h: WikiNights) -> dict:
     return {"COOK_WIKIPEDIA_API_URL": f"http://127.0.0.1:{port}/w/api.php", "COOK_MAX_CONNECT_FAILURES": "2"}
 
 
+def _moved_api(h: WikiNights) -> dict:
+    """The API's address moved: the setting names the old one, which answers 301 to the new (every request)."""
+    from fake_mediawiki import MOVED_PATH
+
+    return {"COOK_WIKIPEDIA_API_URL": h.api.url.replace("/w/api.php", MOVED_PATH)}
+
+
+def _two_at_once(h: WikiNights, env: dict | None) -> Ran:
+    """The nightly run and a second run on the same folder started together (say `default` and `nightly`): the
+    second waits its turn on the Prefect server (its log says so), both succeed, and nothing is fetched twice."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    h.api.latency_s = 0.5  # the first run lasts a few seconds: the second surely starts while it runs
+    first_seen = len(h.api.arrivals)
+    sub_env = {**h.env, "COOK_DATA_DIR": str(h.tmp / "data"), "COOK_WIKIPEDIA_API_URL": h.api.url}
+    first = subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, h.args(h.out))], env=sub_env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(h.api.arrivals) == first_seen and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first run is at work
+        heard: list[str] = []
+        ear = logging.Handler()
+        ear.emit = lambda record: heard.append(record.getMessage())
+        logging.getLogger("prefect.flow_runs").addHandler(ear)  # the run's log, as the Prefect UI shows it
+        try:
+            second = h.nightly(env=env)
+        finally:
+            logging.getLogger("prefect.flow_runs").removeHandler(ear)
+        out, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        h.api.latency_s = 0.0
+    assert first.returncode == 0, out[-3000:]
+    assert any(m.startswith(f"waiting for {h.out}") for m in heard), "the second run waited its turn, and said so"
+    return second
+
+
 def _recover(h: WikiNights) -> set[int]:
     h.api.fail_always.clear()
     return set()
@@ -196,6 +243,8 @@ WIKI_NIGHTS = [
     WikiNight("the API host is down", exit=5, env=_dead_host),
     WikiNight("the page recovers", _recover),
     WikiNight("a part deleted by hand", WikiNights.delete_part),
+    WikiNight("the API moved: its old address redirects", _edit_two, env=_moved_api),
+    WikiNight("two runs at once on one folder", _edit_two, run=_two_at_once, runs=2),
     WikiNight("a new article", _new_page),
     WikiNight("quiet night again"),
 ]
@@ -209,7 +258,11 @@ def test_a_month_of_wikipedia_nights(tmp_path, cook_env):
             due = night.event(h)  # pages with a reason: changed, lost...
             before = Counter(h.api.parse_counts)
             info_before = h.api.info_requests
-            proc = h.nightly(env=night.env(h) if night.env else None)
+            env = night.env(h) if night.env else None
+            redirects = h.api.redirects
+            proc = night.run(h, env) if night.run else h.nightly(env=env)
+            if night.env is _moved_api:
+                assert h.api.redirects > redirects, "the night went through the old address"
             where = f"night {n} ({night.name})"
             assert proc.returncode == night.exit, f"{where}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
             if night.exit == 5:  # nothing tried: one line naming the host and its setting; the output as it was
@@ -225,7 +278,7 @@ def test_a_month_of_wikipedia_nights(tmp_path, cook_env):
             assert set(fetched) == reasons, f"{where}: fetched {sorted(fetched)}, reasons {sorted(reasons)}"
             assert all(c == 1 for c in fetched.values()), f"{where}: a page fetched twice: {fetched}"
             if have:  # a refresh: one revision check per 50 known pages
-                assert 1 <= h.api.info_requests - info_before <= -(-len(have) // 50) * len(h.queries), where
+                assert 1 <= h.api.info_requests - info_before <= -(-len(have) // 50) * len(h.queries) * night.runs, where
             assert merged(h.out, tmp_path) == h.clean(), f"{where}: the output differs from one clean run's"
             h.failed_last = {p for p in h.api.fail_always if p in h.wiki.pages}  # retried by the next night
 

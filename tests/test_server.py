@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,12 @@ def _artifacts_of(client, flow_run_ids) -> list:
     return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=list(flow_run_ids))))
 
 
+def _logs_of(client, flow_run_ids) -> list:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(flow_run_ids))))
+
+
 def _subflow_runs(client, parent_id) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
@@ -277,8 +284,22 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
                 assert len(done_before) == 3 and done_before <= {i for i, s in subflows_after.items() if s == "Completed"}
                 assert sum(1 for s in subflows_after.values() if s == "Completed") == len(done_before) + 1
                 assert sorted(data2.glob("runs/pipeline-*/checkpoints/chunk_000002/model.safetensors"))
+
+                # 4. `default` and `nightly` of one scraper started together on one folder never overlap: the
+                # second waits on the folder's global concurrency limit (and says so), then finds the work done
+                out = tmp_path / "both"
+                params = {"queries": ["Delta"], "max_pages": 5, "depth": 0, "out": str(out)}
+                before = Counter(fake.parse_counts)
+                both = [client.create_flow_run_from_deployment(client.read_deployment_by_name(f"scrape-wikipedia/{name}").id,
+                                                               parameters=params) for name in ("default", "nightly")]
+                ended = [_wait_final(client, fr.id, run_count=1) for fr in both]
+                assert all(fr.state.is_completed() for fr in ended), [fr.state for fr in ended]
+                said = [log.message for log in _logs_of(client, [fr.id for fr in both])]
+                assert sum(m.startswith(f"waiting for {out}") for m in said) == 1, said
+                fetched = Counter(fake.parse_counts) - before
+                assert fetched and set(fetched.values()) == {1}, fetched  # every page once, by one of the two runs
         finally:
-            # 4. stop everything this test started, by PID
+            # 5. stop everything this test started, by PID
             for proc in reversed(shell.background):  # the worker, then the server
                 _stop(proc.pid, group=True)
     for proc in shell.background:  # the server and the worker
