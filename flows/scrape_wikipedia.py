@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.report import items_label, publish_markdown, publish_table, run_name
+from flows.report import count, items_label, publish_markdown, publish_table, run_name
 from model.errors import CookError, Incomplete, SourceUnavailable
 from tasks.core import health
 from tasks.core.caching import FLOW_RESULTS
@@ -98,7 +98,7 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
     transient = [f for f in failed_pages if f.get("transient", True)]
     if transient or errors:
         first = transient[0]["error"] if transient else errors[0]["reason"]
-        e = Incomplete(f"scrape wikipedia: {len(transient)} pages failed, {len(errors)} queries failed (e.g. {first}); "
+        e = Incomplete(f"scrape wikipedia: {count(len(transient), 'page')} and {count(len(errors), 'query', 'queries')} failed (e.g. {first}); "
                        f"{used} documents saved in {out_dir}; run the same command again to retry them")
         e.summary = summary  # for a parent flow that goes on (the pipeline)
         raise e

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
-from flows.report import publish_markdown, publish_table, run_name, short
+from flows.report import count, publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import clean_stale_beside, hold_output, one_writer
@@ -89,7 +89,7 @@ def _fetch(path: Path, out_dir: Path, workers: int | None, logger) -> dict:
     if transient:  # saved, but not done: the next run retries exactly these
         from model.errors import Incomplete
 
-        e = Incomplete(f"wiki-dump --fetch: {len(transient)} pages failed (e.g. {transient[0]['error']}); "
+        e = Incomplete(f"wiki-dump --fetch: {count(len(transient), 'page')} failed (e.g. {transient[0]['error']}); "
                        f"run the same command again to retry them")
         e.summary = summary
         raise e

@@ -141,12 +141,14 @@ class FakeYouTube:
         self.api_url = self.url + "/youtube/v3"
 
     def __enter__(self) -> "FakeYouTube":
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-youtube", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._thread.join(timeout=10)
 
     # --- answers -----------------------------------------------------------------------------------
 

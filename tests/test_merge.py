@@ -258,19 +258,20 @@ def test_language_filter_in_merge(tmp_path):
 
 
 def test_flow_publishes_summary(corpus, tmp_path):
+    from conftest import artifacts_of, new_tag, tagged_flow_runs
+    from prefect import tags
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.merge import merge_flow
 
     out = tmp_path / "out"
-    stats = merge_flow(inputs=[str(corpus)], out=str(out), shard_size="2GB", fmt="parquet")
+    tag = new_tag()
+    with tags(tag):  # this test's run, never another test's merge
+        stats = merge_flow(inputs=[str(corpus)], out=str(out), shard_size="2GB", fmt="parquet")
     assert stats["documents_in"] == 79 and (out / "stats.json").is_file()
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["merge-summary"])),
-                                     sort=ArtifactSort.CREATED_DESC, limit=1)  # other tests merge too
-    assert arts and "| books |" in arts[0].data and "Exact duplicates:** 4" in arts[0].data
+        arts = artifacts_of(client, tagged_flow_runs(client, tag), "merge-summary")
+    assert len(arts) == 1 and "| books |" in arts[0].data and "Exact duplicates:** 4" in arts[0].data
     # a second run with unchanged inputs is a cache hit with the same stats
     assert merge_flow(inputs=[str(corpus)], out=str(out), shard_size="2GB", fmt="parquet") == stats
 

@@ -272,7 +272,7 @@ def test_a_month_of_wikipedia_nights(tmp_path, cook_env):
                 continue
             if night.exit == 3:
                 last = proc.stderr.strip().splitlines()[-1]
-                assert "1 pages failed" in last and "run the same command again" in last, last
+                assert "1 page and 0 queries failed" in last and "run the same command again" in last, last
             fetched = h.api.parse_counts - before
             reasons = (due | h.failed_last | (h.reachable() - have)) & h.reachable()
             assert set(fetched) == reasons, f"{where}: fetched {sorted(fetched)}, reasons {sorted(reasons)}"

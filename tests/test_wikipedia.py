@@ -278,7 +278,7 @@ def test_a_run_with_failures_is_not_cached_and_a_lost_part_is_remade(tmp_path, m
             seeds = [p for p, _ in wiki.search("Gamma")]
             doomed = next(p for p in seeds if p not in have)  # the next seed run 2 fetches
             api.fail_always.add(doomed)
-            with pytest.raises(Incomplete, match=r"1 pages failed.*run the same command again"):
+            with pytest.raises(Incomplete, match=r"1 page and 0 queries failed.*run the same command again"):
                 scrape_wikipedia_flow(max_pages=6, **kw)
             api.fail_always.clear()
             before = Counter(api.parse_counts)
