@@ -64,6 +64,18 @@ def tagged_flow_runs(client, tag: str, running: bool = False) -> list:
     return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=state))
 
 
+def cancel_tagged(tag: str) -> list:
+    """Cancel the running flow runs that carry `tag` (as the UI's Cancel does); returns them."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        runs = tagged_flow_runs(client, tag, running=True)
+        for r in runs:
+            client.set_flow_run_state(r.id, Cancelling(), force=True)
+    return runs
+
+
 def artifacts_of(client, flow_runs, key: str | None = None) -> list:
     """The artifacts that these flow runs made (with `key` if given)."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey

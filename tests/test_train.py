@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from chardata import make_char_data
-from conftest import artifacts_of, new_tag, tagged_flow_runs
+from conftest import artifacts_of, cancel_tagged, new_tag, tagged_flow_runs
 from safetensors.torch import load_file
 
 from model.checkpoint import load_model_file, read_state
@@ -308,8 +308,6 @@ def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
     import threading
 
     import prefect
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
 
     from flows.train import train_flow
 
@@ -331,17 +329,13 @@ def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
         deadline = time.time() + 120
         while not _has_line(run, 1) and time.time() < deadline:
             time.sleep(0.05)
-        with get_client(sync_client=True) as client:
-            runs = tagged_flow_runs(client, tag, running=True)
-            assert len(runs) == 1 and runs[0].parameters.get("run") == str(run)
-            client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+        runs = cancel_tagged(tag)
+        assert len(runs) == 1 and runs[0].parameters.get("run") == str(run)
         t.join(timeout=120)
         assert not t.is_alive()
     finally:  # a failed check still stops the training thread
         if t.is_alive():
-            with get_client(sync_client=True) as client:
-                for r in tagged_flow_runs(client, tag, running=True):
-                    client.set_flow_run_state(r.id, Cancelling(), force=True)
+            cancel_tagged(tag)
             t.join(timeout=120)
     assert "interrupted: saved checkpoint at iteration" in str(box.get("error"))
     mids = [n for n in chunk_dirs(run) if "-iter_" in n]

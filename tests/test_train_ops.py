@@ -197,10 +197,8 @@ def test_gpus_sigterm_then_cancellation(data, tmp_path, cook_env, prefect_api):
     """SIGTERM to `cook train --gpus 2`: the ranks save a mid-chunk checkpoint and exit, none left running.
     The same run resumed (in this process) from there, then cancelled from Prefect: the same again."""
     import prefect
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
 
-    from conftest import new_tag, tagged_flow_runs
+    from conftest import cancel_tagged, new_tag
     from flows.train import train_flow
 
     run = tmp_path / "run"
@@ -254,17 +252,13 @@ def test_gpus_sigterm_then_cancellation(data, tmp_path, cook_env, prefect_api):
         first = min(json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()
                     if json.loads(line)["iter"] > saved)
         assert first == saved + 1  # resumed where it stopped
-        with get_client(sync_client=True) as client:
-            runs = tagged_flow_runs(client, tag, running=True)
-            assert len(runs) == 1 and runs[0].parameters.get("run") == str(run)
-            client.set_flow_run_state(runs[0].id, Cancelling(), force=True)
+        runs = cancel_tagged(tag)
+        assert len(runs) == 1 and runs[0].parameters.get("run") == str(run)
         t.join(timeout=120)
         assert not t.is_alive()
     finally:  # a failed check still stops the training thread (and its ranks, which the flow stops)
         if t.is_alive():
-            with get_client(sync_client=True) as client:
-                for r in tagged_flow_runs(client, tag, running=True):
-                    client.set_flow_run_state(r.id, Cancelling(), force=True)
+            cancel_tagged(tag)
             t.join(timeout=120)
     m2 = re.search(r"interrupted: saved checkpoint at iteration (\d+)", str(box.get("error")))
     assert m2 and int(m2.group(1)) > saved, box

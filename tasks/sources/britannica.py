@@ -38,7 +38,7 @@ from selectolax.lexbor import LexborHTMLParser
 from model.atomic import clean_stale_temps
 from model.errors import CookError, SourceUnavailable
 from tasks.core.caching import PERSISTED
-from tasks.sources.crawl import check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
+from tasks.sources.crawl import CrawlerBase, check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
 from tasks.core.http import FetchError, PoliteClient
 from tasks.core.ledger import Ledger
 from tasks.core.progress import progress
@@ -240,7 +240,7 @@ def robots_for(client: PoliteClient, base: str) -> urllib.robotparser.RobotFileP
 # --- the crawl -------------------------------------------------------------------------------------
 
 
-class Crawler:
+class Crawler(CrawlerBase):
     """A crawl into one output folder: its ledger, its client, its parquet parts. Use as a context manager."""
 
     def __init__(self, out: str | Path, *, base_url: str | None = None, concurrency: int = 4, rate_limit: float = 5.0,
@@ -267,20 +267,6 @@ class Crawler:
         self._pool = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="britannica")
         self._buffer: list[tuple[dict | None, dict]] = []  # (document or None for a redirect, ledger item)
         self.recovered = self._reconcile()
-
-    def close(self) -> None:
-        try:
-            self._flush()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self.client.close()
-            self.ledger.close()
-
-    def __enter__(self) -> "Crawler":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @staticmethod
     def doc_id(path: str) -> str:

@@ -8,7 +8,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 from model.atomic import atomic_write_text
@@ -112,3 +112,28 @@ def query_cache(spec_keys: tuple[str, ...], version: str) -> OutputsCache:
 def refresh_cutoff(refresh_after_hours: float | None) -> float | None:
     """The time before which a done item counts as due for a re-check (None: never)."""
     return None if refresh_after_hours is None else time.time() - float(refresh_after_hours) * 3600
+
+
+_C = TypeVar("_C", bound="CrawlerBase")
+
+
+class CrawlerBase:
+    """What the Wikipedia and Britannica crawlers share as context managers: on close, the buffered documents are
+    written (`_flush`), then the worker pool, the HTTP client (`client`) and the ledger (`ledger`) are closed."""
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.client.close()
+            self.ledger.close()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -36,7 +36,7 @@ from selectolax.lexbor import LexborHTMLParser
 from model.atomic import clean_stale_temps
 from model.errors import CookError, SourceUnavailable
 from tasks.core.caching import PERSISTED
-from tasks.sources.crawl import check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
+from tasks.sources.crawl import CrawlerBase, check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
 from tasks.corpus.documents import SCHEMA
 from tasks.core.http import FetchError, PoliteClient, Retry, retry_after
 from tasks.core.ledger import Ledger
@@ -244,7 +244,7 @@ def seeds_for(quota: int, depth: int) -> int:
     return max(1, math.ceil(quota / (depth + 1)))
 
 
-class Crawler:
+class Crawler(CrawlerBase):
     """A crawl into one output folder: its ledger, its client, its parquet parts. Use as a context manager."""
 
     def __init__(self, out: str | Path, *, api_url: str | None = None, concurrency: int = 4, rate_limit: float = 10.0,
@@ -264,20 +264,6 @@ class Crawler:
         self._pool = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="wikipedia")
         self._buffer: list[tuple[dict, dict]] = []
         self.recovered = self._reconcile()
-
-    def close(self) -> None:
-        try:
-            self._flush()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self.client.close()
-            self.ledger.close()
-
-    def __enter__(self) -> "Crawler":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def doc_id(self, pageid: int) -> str:
         return f"{SOURCE}:{self.lang}:{pageid}"
