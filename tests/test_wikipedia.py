@@ -324,3 +324,15 @@ def test_retry_after_and_maxlag_pause_every_worker(tmp_path):
         assert len(api.fault_times) == sum(api.faults_sent.values())
         assert len(api.arrivals) >= 20
         assert _quiet_after(api.fault_times, list(api.arrivals), 1.0) == []
+
+
+def test_nested_blocks_are_read_once():
+    """A list inside a list item, or a definition inside a list: the inner text is part of the outer block, once."""
+    from tasks.sources.wikipedia import extract_text
+
+    html = ('<div class="mw-parser-output"><p>Intro.</p><ul><li>Outer item<ul><li>inner item</li></ul></li>'
+            '<li>Second<dl><dd>a definition</dd></dl></li></ul></div>')
+    text = extract_text(html)
+    blocks = text.split("\n\n")
+    assert len(blocks) == 3 and text.count("inner item") == 1 and text.count("a definition") == 1, text
+    assert blocks[1].startswith("Outer item") and blocks[2].startswith("Second"), text

@@ -38,7 +38,7 @@ from selectolax.lexbor import LexborHTMLParser
 from model.atomic import clean_stale_temps
 from model.errors import CookError, SourceUnavailable
 from tasks.core.caching import PERSISTED
-from tasks.sources.crawl import CrawlerBase, check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
+from tasks.sources.crawl import CrawlerBase, outer_blocks, check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
 from tasks.core.http import FetchError, PoliteClient
 from tasks.core.ledger import Ledger
 from tasks.core.progress import progress
@@ -173,15 +173,7 @@ def extract_article(html: str) -> tuple[str, str]:
         node.decompose()
     blocks: list[str] = []
     paragraphs = 0
-    for node in root.css(BLOCKS):
-        anc, inside = node.parent, False
-        while anc is not None and anc.mem_id != root.mem_id:  # a block inside a block: its text is in the outer one
-            if anc.tag in ("p", *HEADINGS):
-                inside = True
-                break
-            anc = anc.parent
-        if inside:
-            continue
+    for node in outer_blocks(root, BLOCKS, ("p", *HEADINGS)):
         text = _clean(node.text(deep=True))
         low = text.lower()
         if node.tag in HEADINGS and low in STOP_SECTIONS:

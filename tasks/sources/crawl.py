@@ -114,6 +114,20 @@ def refresh_cutoff(refresh_after_hours: float | None) -> float | None:
     return None if refresh_after_hours is None else time.time() - float(refresh_after_hours) * 3600
 
 
+
+def outer_blocks(root, blocks: str, containers: tuple[str, ...]):
+    """The nodes under `root` matching the CSS `blocks` that no `containers` tag between them and `root` holds:
+    a block inside a block (a list inside a paragraph) has its text in the outer one already."""
+    for node in root.css(blocks):
+        anc = node.parent
+        while anc is not None and anc.mem_id != root.mem_id:
+            if anc.tag in containers:
+                break
+            anc = anc.parent
+        else:
+            yield node
+
+
 _C = TypeVar("_C", bound="CrawlerBase")
 
 

@@ -36,7 +36,7 @@ from selectolax.lexbor import LexborHTMLParser
 from model.atomic import clean_stale_temps
 from model.errors import CookError, SourceUnavailable
 from tasks.core.caching import PERSISTED
-from tasks.sources.crawl import CrawlerBase, check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
+from tasks.sources.crawl import CrawlerBase, outer_blocks, check_crawl_args, gather_queries, query_cache, refresh_cutoff, write_manifest
 from tasks.corpus.documents import SCHEMA
 from tasks.core.http import FetchError, PoliteClient, Retry, retry_after
 from tasks.core.ledger import Ledger
@@ -161,15 +161,7 @@ def extract_text(html: str) -> str:
         node.decompose()
     _cut_trailing_sections(root)
     blocks: list[str] = []
-    for node in root.css(BLOCKS):
-        anc, inside = node.parent, False
-        while anc is not None and anc.mem_id != root.mem_id:  # nested block: its text is in the outer one
-            if anc.tag in ("p", "li", "dd", "dt", *HEADINGS):
-                inside = True
-                break
-            anc = anc.parent
-        if inside:
-            continue
+    for node in outer_blocks(root, BLOCKS, ("p", "li", "dd", "dt", *HEADINGS)):
         text = _clean(node.text(deep=True))
         if text:
             blocks.append(text)
