@@ -155,3 +155,27 @@ def test_unwritable_out_is_refused_before_anything_runs(cook, cook_env, tmp_path
     _one_line_error(proc, f"{afile / 'data' / 'wikipedia'}", "COOK_DATA_DIR", f"{afile} is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "keep"
     assert not Path("/proc/cook-test-out").exists()
+
+
+def test_list_files_for_queries_and_channels(tmp_path):
+    """--queries and --channels files: one item a line, comments skipped (a query keeps its `#`: C# is a topic), and a
+    missing, empty or non-UTF-8 file is one line naming it."""
+    import pytest
+
+    from model.errors import CookError
+    from tasks.sources.crawl import read_queries_file
+    from tasks.sources.youtube import read_channels_file
+
+    (tmp_path / "q.txt").write_text("# topics\nC#\n\n  Black hole \n")
+    assert read_queries_file(tmp_path / "q.txt") == ["C#", "Black hole"]
+    (tmp_path / "c.txt").write_text("UCYO_jab_esuFRV4b17AJtAw  # 3Blue1Brown\n# more later\n\nUCHnyfMqiRRG1u-2MsSQLbXA\n")
+    assert read_channels_file(str(tmp_path / "c.txt")) == ["UCYO_jab_esuFRV4b17AJtAw", "UCHnyfMqiRRG1u-2MsSQLbXA"]
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    for read, kind, what in ((read_queries_file, "queries", "queries"), (read_channels_file, "channels", "channel ids")):
+        with pytest.raises(CookError, match=f"^{kind} file not found: "):
+            read(str(tmp_path / "missing.txt"))
+        with pytest.raises(CookError, match=f"^{kind} file has no {what}: .*empty.txt"):
+            read(str(tmp_path / "empty.txt"))
+        with pytest.raises(CookError, match=f"^{kind} file is not UTF-8 text: .*latin1.txt"):
+            read(str(tmp_path / "latin1.txt"))

@@ -16,19 +16,26 @@ from model.errors import CookError
 from tasks.core.caching import OutputsCache, stable_hash
 
 
-def read_queries_file(path: str | Path) -> list[str]:
-    """One query a line; blank lines and `#` comments skipped."""
+def read_list_file(path: str | Path, kind: str, what: str, inline_comments: bool = False) -> list[str]:
+    """One item a line (errors name the `kind` of file and `what` it lists); blank lines and `#` comment lines
+    skipped, and with `inline_comments` anything after a `#` too (queries keep theirs: `C#` is a fine query)."""
     p = Path(path)
     if not p.is_file():
-        raise CookError(f"queries file not found: {p}")
+        raise CookError(f"{kind} file not found: {p}")
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise CookError(f"queries file is not UTF-8 text: {p}") from None
-    queries = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
-    if not queries:
-        raise CookError(f"queries file has no queries: {p}")
-    return queries
+        raise CookError(f"{kind} file is not UTF-8 text: {p}") from None
+    items = [(s.split("#", 1)[0] if inline_comments else s).strip() for s in lines]
+    items = [s for s in items if s and not s.startswith("#")]
+    if not items:
+        raise CookError(f"{kind} file has no {what}: {p}")
+    return items
+
+
+def read_queries_file(path: str | Path) -> list[str]:
+    """One query a line; blank lines and `#` comment lines skipped."""
+    return read_list_file(path, "queries", "queries")
 
 
 def gather_queries(queries: list[str] | None, queries_file: str | None, defaults: list[str]) -> list[str]:

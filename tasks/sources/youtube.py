@@ -690,18 +690,10 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
 
 
 def read_channels_file(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise CookError(f"channels file not found: {p}")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise CookError(f"channels file is not UTF-8 text: {p}") from None
-    ids = [s.split("#", 1)[0].strip() for s in lines]
-    ids = [s for s in ids if s]
-    if not ids:
-        raise CookError(f"channels file has no channel ids: {p}")
-    return ids
+    """One channel id a line; blank lines and `#` comments (whole-line or after an id) skipped."""
+    from tasks.sources.crawl import read_list_file
+
+    return read_list_file(path, "channels", "channel ids", inline_comments=True)
 
 
 def check_scrape_youtube_args(channels: list[str] | None = None, channels_file: str | None = None,
