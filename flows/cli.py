@@ -26,15 +26,23 @@ app = typer.Typer(
 )
 
 DEBUG = False
+VERBOSE = False  # --verbose / COOK_VERBOSE: the runs' INFO log lines on the console too
 EXIT_USAGE = 2
+LOG_FILE = "logs/cook.log"  # under the data dir: every run's log lines, whatever the console shows
 EXIT_FAILED = 1
 
 
 # --- output routing -------------------------------------------------------------------------------
 
 
+_ENGINE_LINES = ("Beginning flow run", "Beginning subflow run", "View at ", "Finished in state", "Created task run",
+                 "Executing ")
+
+
 class _ConsoleFilter(logging.Filter):
-    """Keep the console readable: run logs at INFO, other Prefect chatter from WARNING, no tracebacks.
+    """Keep the console readable: progress bars, each flow's summary lines and warnings, no tracebacks; the
+    engine's lines and the tasks' step-by-step INFO lines only with --verbose (every line always reaches the
+    Prefect UI and DATA_DIR/logs/cook.log).
 
     Errors are left to the CLI, which prints one line; the API handler still gets every record.
     """
@@ -44,17 +52,47 @@ class _ConsoleFilter(logging.Filter):
             return False
         if "Finished in state Failed" in str(record.msg) or "Finished in state Crashed" in str(record.msg):
             return False  # the CLI's own one-line error says it
-        if record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
-            return True
-        return record.levelno >= logging.WARNING
+        if VERBOSE or record.levelno >= logging.WARNING:
+            return record.name.startswith(("prefect.flow_runs", "prefect.task_runs")) or record.levelno >= logging.WARNING
+        # quiet: a flow's own summary lines, not the engine's, nor the tasks' step-by-step lines
+        return record.name.startswith("prefect.flow_runs") and not str(record.msg).startswith(_ENGINE_LINES)
+
+
+def _log_to_file() -> None:
+    """Append the runs' log records (INFO and up) to DATA_DIR/logs/cook.log, named by run as on Prefect's console;
+    the file is made at the first line. A data dir that cannot hold it costs the file, never the command."""
+    from prefect.logging.formatters import PrefectFormatter
+
+    from tasks.core.settings import get_settings
+
+    head = "%(asctime)s | %(levelname)-7s | "
+    formatter = PrefectFormatter(head + "%(name)s - %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+                                 flow_run_fmt=head + "Flow run %(flow_run_name)r - %(message)s",
+                                 task_run_fmt=head + "Task run %(task_run_name)r - %(message)s")
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        lg = logging.getLogger(name)
+        if any(getattr(h, "_cook_file", False) for h in lg.handlers):
+            continue
+        try:
+            path = get_settings().data_dir / LOG_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+        except OSError:
+            return
+        handler._cook_file = True  # type: ignore[attr-defined]
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(formatter)
+        lg.addHandler(handler)
 
 
 def _route_prefect_logs() -> None:
     """Attach the console filter to Prefect's console handlers (no-op with --debug)."""
-    if DEBUG:
-        return
     from prefect.logging.configuration import setup_logging  # noqa: F401  (ensures Prefect set up logging)
 
+    _log_to_file()
+    if DEBUG:
+        return
     seen = set()
     loggers = [logging.getLogger()] + [
         logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(("prefect", "uvicorn", "fastapi"))
@@ -175,9 +213,12 @@ def _check_out(path: Optional[Path], default: Optional[str] = None, flag: str = 
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and Prefect's logs.")) -> None:
-    global DEBUG
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and Prefect's logs."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the runs' log lines on the console (they are "
+                                       "always in the Prefect UI and in DATA_DIR/logs/cook.log).")) -> None:
+    global DEBUG, VERBOSE
     DEBUG = DEBUG or debug
+    VERBOSE = VERBOSE or verbose or DEBUG
 
 
 scrape_app = typer.Typer(help="Gather text: Wikipedia (API and XML dumps), Britannica, YouTube transcripts.", no_args_is_help=True)
@@ -399,9 +440,16 @@ def train(
     seed: int = typer.Option(1337, "--seed", help="Base seed; each chunk derives its own."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start a new run from this checkpoint's weights."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    eval_interval: Optional[int] = typer.Option(None, "--eval-interval", help="Evaluate every N iterations [preset's]."),
-    eval_iters: Optional[int] = typer.Option(None, "--eval-iters", help="Batches per evaluation [preset's]."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (falls back to eager if compiling fails) [on for CUDA, off on CPU]."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPUs that have it, else fp16 with loss scaling; float32 on CPU), float32, bfloat16 or float16."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Learning-rate schedule of a new run: wsd (warmup, stable, cooldown at the end; extendable) or cosine [wsd]."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup iterations [preset's, clipped to fit a short run]."),
+    cooldown: Optional[float] = typer.Option(None, "--cooldown", help="wsd: cooldown length, in iterations (>= 1) or as a fraction of the run [0.2]."),
+    total_iters: Optional[int] = typer.Option(None, "--total-iters", help="cosine: iterations to decay over [chunks x iters-per-chunk]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="epoch (every token once per epoch, shuffled) or random (windows drawn with replacement) [epoch]."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout of a new run's model [preset's]."),
+    eval_interval: Optional[int] = typer.Option(None, "--eval-interval", help="Evaluate every N iterations [sized to about 5% of training time]."),
+    eval_iters: Optional[int] = typer.Option(None, "--eval-iters", help="Batches per split per evaluation [preset's, fewer for short chunks]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per micro-batch [preset's]."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per step [preset's]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
@@ -417,9 +465,13 @@ def train(
     kwargs = dict(data=str(data), run=str(run), preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk,
                   seed=seed, init_from=str(init_from) if init_from else None, device=device, compile=compile,
                   eval_interval=eval_interval, eval_iters=eval_iters, batch_size=batch_size, grad_accum=grad_accum,
-                  learning_rate=lr, keep_last=keep_last, gpus=gpus)
+                  learning_rate=lr, keep_last=keep_last, gpus=gpus, dtype=dtype, schedule=schedule, warmup=warmup,
+                  cooldown=cooldown, total_iters=total_iters, sampler=sampler, dropout=dropout)
     try:
-        check_train_args(**kwargs)
+        from model.train import split_kwargs
+
+        flat = {k: v for k, v in kwargs.items() if k not in ("data", "run", "gpus")}
+        check_train_args(str(data), str(run), *split_kwargs(flat), gpus=gpus)
     except CookError as e:
         user_error(e, EXIT_USAGE)
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
@@ -463,6 +515,34 @@ def sample(
     except CookError as e:
         user_error(e)
     typer.echo(text)
+
+
+@app.command()
+def export(
+    target: Path = typer.Argument(..., help="A run folder (its best checkpoint, else its latest) or a checkpoint folder."),
+    format: str = typer.Option("hf", "--format", help="hf: a Hugging Face transformers folder (GPT2LMHeadModel + tokenizer)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write; an earlier export there is replaced whole."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="REPO",
+                                              help="Also upload the folder to this Hub model repo (COOK_HF_ENDPOINT; "
+                                                   "token from COOK_HF_TOKEN or HF_TOKEN)."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+) -> None:
+    """Export a checkpoint that transformers' AutoModelForCausalLM and AutoTokenizer load."""
+    _prepare_env()
+    _check_out(out)
+    from flows.export import check_export_args
+    from model.errors import CookError
+
+    try:
+        check_export_args(str(target), format, str(out), push_to_hub)
+    except CookError as e:
+        user_error(e, EXIT_USAGE)
+    from flows.export import export_flow
+
+    r = _run(export_flow, target=str(target), out=str(out), fmt=format, push_to_hub=push_to_hub, private=private)
+    typer.echo(f"exported: {r['out']} (from {r['checkpoint']}, iteration {r['iteration']})")
+    if "hub" in r:
+        typer.echo(f"pushed: {r['hub']['url']} (commit {r['hub']['commit']})")
 
 
 @app.command()
@@ -553,6 +633,8 @@ def main(argv: list[str] | None = None) -> None:
     if "RANK" in os.environ and argv[1:2] == ["--"]:  # torchrun needs `-m flows.cli train -- ARGS`
         del argv[1]
     DEBUG = DEBUG or os.environ.get("COOK_DEBUG", "") not in ("", "0", "false")
+    global VERBOSE
+    VERBOSE = VERBOSE or DEBUG or os.environ.get("COOK_VERBOSE", "") not in ("", "0", "false")
     try:
         app(args=argv, prog_name="cook", standalone_mode=True)
     except SystemExit:

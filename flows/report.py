@@ -23,6 +23,7 @@ TAGS: dict[str, tuple[str, ...]] = {
     "merge": ("stage:process",),
     "tokenize": ("stage:tokenize",),
     "train": ("stage:train",),
+    "export": ("stage:export",),
     "pipeline": ("pipeline",),
     "demo": ("demo", "source:pydoc"),
 }

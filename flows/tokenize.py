@@ -64,30 +64,49 @@ def tokenize_flow(
     splits = meta["splits"]
     how = "cached, unchanged inputs" if state.name == "Cached" else "written"
     logger.info(
-        "%s (%s): %s %s tokens — train %d tokens / %d documents / %d shards, val %d tokens / %d documents / %d shards",
+        "%s (%s): %s %s tokens — train %d tokens / %d documents / %d shards, val %d tokens / %d documents / %d shards; %s",
         result, how, meta["encoding"], meta["dtype"],
         splits["train"]["tokens"], splits["train"]["documents"], len(splits["train"]["shards"]),
         splits["val"]["tokens"], splits["val"]["documents"], len(splits["val"]["shards"]),
+        baseline_text(meta),
     )
     _publish(result, meta, how)
     return str(result)
 
 
+def baseline_text(meta: dict) -> str:
+    """The bigram baseline in words: what a model must beat on this folder's val split."""
+    b = meta.get("baseline", {}).get("bigram")
+    if not b or b.get("val_loss") is None:
+        return "no bigram baseline (tokenized before it was recorded)"
+    bpb = f", {b['val_bpb']:.3f} bits/byte" if b.get("val_bpb") is not None else ""
+    return f"bigram baseline val loss {b['val_loss']:.3f} nats/token{bpb}"
+
+
 def split_rows(meta: dict) -> list[dict]:
-    """One row per split: its documents, tokens and shards, with the encoding, dtype and vocabulary beside."""
-    return [{"split": name, "documents": s["documents"], "tokens": s["tokens"], "shards": len(s["shards"]),
+    """One row per split: its documents, tokens, bytes and shards, with the encoding, dtype and vocabulary beside."""
+    return [{"split": name, "documents": s["documents"], "tokens": s["tokens"], "bytes": s.get("bytes"), "shards": len(s["shards"]),
              "encoding": meta["encoding"], "dtype": meta["dtype"], "vocab_size": meta["vocab_size"]}
             for name, s in meta["splits"].items()]
+
+
+def _baseline_detail(meta: dict) -> str:
+    b = meta.get("baseline", {}).get("bigram")
+    if not b or b.get("val_loss") is None:
+        return ""
+    return f" ({b.get('method')}, fitted on {b.get('train_tokens', 0):,} train tokens, scored on {b.get('val_tokens', 0):,} val tokens)"
 
 
 def _publish(out: Path, meta: dict, how: str) -> None:
     """A table of the splits and a markdown summary with the meta."""
     rows = split_rows(meta)
-    publish_table("tokenize-splits", rows, "cook tokenize: tokens, documents and shards per split")
+    publish_table("tokenize-splits", rows, "cook tokenize: documents, tokens, bytes and shards per split")
     md = [f"# tokenize -> `{out}` ({how})", "",
           f"- encoding: {meta['encoding']}, vocabulary: {meta['vocab_size']:,} ids, dtype: {meta['dtype']}, "
           f"end-of-text id: {meta.get('eot_id')}",
           f"- validation fraction: {meta.get('val_fraction')}, fingerprint: `{str(meta.get('fingerprint', ''))[:16]}`",
-          "", "| split | documents | tokens | shards |", "|---|---:|---:|---:|"]
-    md += [f"| {r['split']} | {r['documents']:,} | {r['tokens']:,} | {r['shards']} |" for r in rows]
+          f"- {baseline_text(meta)}" + _baseline_detail(meta),
+          "", "| split | documents | tokens | bytes | shards |", "|---|---:|---:|---:|---:|"]
+    md += [f"| {r['split']} | {r['documents']:,} | {r['tokens']:,} | {'' if r['bytes'] is None else format(r['bytes'], ',')} | {r['shards']} |"
+           for r in rows]
     publish_markdown("tokenize-summary", md, "cook tokenize summary")

@@ -25,11 +25,13 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from model.train import STOP, stop_on_signals
+from flows.report import run_name, short
+from model.train import STOP, ChunkOptions, RunSpec, stop_on_signals
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import hold_output, one_writer
 from tasks.core.settings import get_settings
-from tasks.training.train import check_train_args, loss_curve_task, prepare_run_task, train_chunk_task
+from tasks.training.train import (check_train_args, describe_chunk, describe_run, loss_curve_task, prepare_run_task,
+                                  train_chunk_task)
 
 
 def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: float = 2.0) -> threading.Thread | None:
@@ -61,7 +63,12 @@ def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: 
     return t
 
 
-@flow(name="train", **FLOW_RESULTS)
+def _run_name(p: dict) -> str:
+    run = short(p["run"]) if p.get("run") else "runs/default"
+    return f"train {p.get('preset')}: {p.get('chunks')} chunks x {p.get('iters_per_chunk')} iters -> {run}"
+
+
+@flow(name="train", flow_run_name=run_name("train", _run_name), **FLOW_RESULTS)
 @one_writer
 def train_flow(
     data: str | Path | None = None,
@@ -72,7 +79,7 @@ def train_flow(
     seed: int = 1337,
     init_from: str | Path | None = None,
     device: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
     eval_interval: int | None = None,
     eval_iters: int | None = None,
     batch_size: int | None = None,
@@ -80,19 +87,33 @@ def train_flow(
     learning_rate: float | None = None,
     keep_last: int = 3,
     gpus: int = 1,
+    dtype: str = "auto",
+    schedule: str | None = None,
+    warmup: int | None = None,
+    cooldown: float | None = None,
+    total_iters: int | None = None,
+    sampler: str | None = None,
+    dropout: float | None = None,
 ) -> str:
     """Train (or resume, or extend) the run in `run` (default DATA/runs/default) on the tokens in `data` (default
-    DATA/tokens) on `gpus` processes; return the run folder."""
+    DATA/tokens) on `gpus` processes; return the run folder. Run options are model.train.RunSpec's (schedule,
+    cooldown, sampler, ...: fixed when the run is created), chunk options model.train.ChunkOptions's."""
     settings = get_settings()
     data = str(data) if data is not None else str(settings.data_dir / "tokens")
     run = str(run) if run is not None else str(settings.runs_dir / "default")
-    init_from = str(init_from) if init_from is not None else None
-    check_train_args(data, run, preset, chunks, iters_per_chunk, seed, init_from, device, compile, eval_interval,
-                     eval_iters, batch_size, grad_accum, learning_rate, keep_last, gpus)
+    spec = RunSpec(preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk, seed=seed,
+                   init_from=str(init_from) if init_from is not None else None, batch_size=batch_size,
+                   grad_accum=grad_accum, learning_rate=learning_rate, warmup=warmup, schedule=schedule,
+                   cooldown=cooldown, total_iters=total_iters, sampler=sampler, dropout=dropout,
+                   eval_interval=eval_interval, eval_iters=eval_iters)
+    opts = ChunkOptions(device=device, dtype=dtype, compile=compile, eval_interval=eval_interval, eval_iters=eval_iters,
+                        keep_last=keep_last)
+    check_train_args(data, run, spec, opts, gpus)
     hold_output(run)  # one writer per run folder (RUN/.cook.lock), before the run is prepared or resumed
-    info = prepare_run_task(data, run, preset, chunks, iters_per_chunk, seed, init_from, batch_size, grad_accum,
-                            learning_rate, eval_interval, eval_iters, device)
+    info = prepare_run_task(data, run, spec, device)
     logger = get_run_logger()
+    for line in describe_run(run, info):
+        logger.info("%s", line)
     if not info["todo"]:
         logger.info("run %s: all %d chunks already trained", run, info["chunks"])
         _final_curve(run)
@@ -105,9 +126,10 @@ def train_flow(
         try:
             for chunk in info["todo"]:
                 curve_is_current = False
-                state = train_chunk_task(run, chunk, data=data, device=device, compile=compile, eval_interval=eval_interval,
-                                         eval_iters=eval_iters, keep_last=keep_last, gpus=gpus, return_state=True)
+                state = train_chunk_task(run, chunk, data=data, opts=opts, gpus=gpus, return_state=True)
                 summary = state.result()  # raises the chunk's failure
+                if not summary.get("skipped") and state.name != "Cached":
+                    logger.info("%s", describe_chunk(summary))
                 curve_is_current = not summary.get("skipped") and state.name != "Cached"
         finally:
             done.set()

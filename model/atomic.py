@@ -1,4 +1,9 @@
-"""Atomic writes: a file or folder appears whole under its final name, or not at all."""
+"""Atomic writes: a file or folder appears whole under its final name, or not at all.
+
+Temp files and folders come from `tempfile` (created 0600 / 0700); before the rename they get the modes
+an ordinary `open()` / `mkdir()` would give (0666 / 0777 less the umask), so other users and serving
+containers can read what cook writes where the umask allows it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,48 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:  # os.umask can only be read by setting it: briefly, under a lock
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def make_readable(fd_or_path: int | str | os.PathLike, is_dir: bool = False) -> None:
+    """Give a mkstemp file (or mkdtemp folder) the mode open()/mkdir() would: 0666 (0777) less the umask."""
+    mode = (0o777 if is_dir else 0o666) & ~current_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root`, then `root` itself (children first)."""
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            p = os.path.join(folder, name)
+            if os.path.islink(p):
+                continue
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -32,6 +77,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
     try:
+        make_readable(fd)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -56,16 +102,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temp folder beside `path`; on success it replaces `path` (old content removed)."""
+    """Yield an empty temp folder beside `path`; on success it replaces `path` (old content removed).
+
+    Before the rename every file and folder inside is fsynced, and the folder itself, so a crash after it
+    cannot leave `path` holding empty or partial files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        make_readable(tmp, is_dir=True)
         yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
+        _fsync_tree(tmp)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -21,14 +21,14 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from model.atomic import atomic_dir, atomic_write_text, clean_stale_temps
+from model.atomic import atomic_dir, atomic_write_text, clean_stale_temps, make_readable
 from model.errors import CookError
 
 CHECKPOINTS = "checkpoints"
@@ -93,6 +93,7 @@ def save_model_file(path: str | os.PathLike, model: torch.nn.Module) -> None:
     """Write the model's state dict as safetensors (tied weights once; aliases in the metadata)."""
     kept, aliases = _dedup(unwrap(model).state_dict())
     save_file(kept, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)})
+    make_readable(path)  # safetensors creates its files 0600
 
 
 def load_model_file(path: str | os.PathLike, model: torch.nn.Module) -> None:
@@ -141,6 +142,7 @@ def save_optimizer_file(path: str | os.PathLike, optimizer: torch.optim.Optimize
             t = value if torch.is_tensor(value) else torch.tensor(float(value))
             out[f"{names[idx]}.{key}"] = t.detach().to("cpu").contiguous()
     save_file(out, str(path), metadata={"format": "pt", "optimizer": type(optimizer).__name__})
+    make_readable(path)
 
 
 def load_optimizer_file(path: str | os.PathLike, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
@@ -276,13 +278,17 @@ def resolve_checkpoint(target: str | os.PathLike) -> Path:
 
 
 def read_best(run_dir: str | os.PathLike) -> dict | None:
+    """checkpoints/best.json ({"name", "val_loss", "iteration"}), or None if absent, unreadable or its folder is gone."""
     path = Path(run_dir) / CHECKPOINTS / BEST
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        best = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    if not isinstance(best, dict) or not (Path(run_dir) / CHECKPOINTS / str(best.get("name"))).is_dir():
+        return None
+    return best
 
 
 def update_best(run_dir: str | os.PathLike, ckpt: Path, val_loss: float | None, iteration: int) -> bool:
@@ -297,13 +303,15 @@ def update_best(run_dir: str | os.PathLike, ckpt: Path, val_loss: float | None, 
     return True
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the last `keep_last` checkpoints and the best; mid-chunk ones once a later one exists."""
+def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int, keep: Iterable[str] = ()) -> list[Path]:
+    """Delete all but the last `keep_last` checkpoints, the best and those named in `keep` (the one where the
+    cooldown starts); mid-chunk ones once a later one exists."""
     found = list_checkpoints(run_dir)
     if not found:
         return []
     best = read_best(run_dir)
     finished = [p for _, p in found if "-iter_" not in p.name]
+    named = {Path(run_dir) / CHECKPOINTS / n for n in keep}
     keep = set(finished[-max(1, keep_last):])
     if best is not None:
         keep.add(Path(run_dir) / CHECKPOINTS / best["name"])
@@ -311,7 +319,7 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
     removed = []
     for _, p in found:
         mid = "-iter_" in p.name
-        if p == latest or (p in keep and not mid):
+        if p == latest or p in named or (p in keep and not mid):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)

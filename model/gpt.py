@@ -358,7 +358,8 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row of logits (B, V) -> (B, 1): argmax at temperature 0, else sample
-    from softmax(logits / temperature) restricted to the top_k ids and the top_p probability mass."""
+    from softmax(logits / temperature) restricted to the top_k ids and then to the smallest set of
+    most likely ids whose probability reaches top_p (nucleus sampling)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -367,9 +368,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the tokens more likely than it already cover top_p (the first always stays)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # equal probs: lower id first
+        # keep the fewest most likely tokens whose mass reaches top_p: drop a token once the tokens before it
+        # already cover top_p, an exact tie included (the first always stays, as top_p > 0)
+        cum = sorted_probs.cumsum(dim=-1)
+        before = torch.cat((torch.zeros_like(cum[:, :1]), cum[:, :-1]), dim=-1)
+        drop = before >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -19,6 +19,7 @@ hand-typed torchrun. This module never imports prefect.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import queue
@@ -93,13 +94,7 @@ def launch_chunk(
     *,
     nproc: int,
     data: str | os.PathLike | None = None,
-    device: str = "auto",
-    compile: bool = False,
-    eval_interval: int | None = None,
-    eval_iters: int | None = None,
-    keep_last: int = 3,
-    log_interval: int = 10,
-    sample_tokens: int = 64,
+    opts: Any = None,
     log: Log | None = None,
     stop: threading.Event | None = None,
     on_iter: Callable[[int, int], None] | None = None,
@@ -108,10 +103,11 @@ def launch_chunk(
     """Train chunk `chunk` of a prepared run on `nproc` processes under torchrun; return rank 0's summary
     (as model.train.train_chunk does). Raises TrainingInterrupted when stopped, CookError for bad input,
     RuntimeError for anything else (a rank crashed)."""
-    from model.train import STOP, TrainingInterrupted, resolve_device
+    from model.train import STOP, ChunkOptions, TrainingInterrupted, resolve_device
 
+    opts = opts or ChunkOptions()
     stop = stop if stop is not None else STOP
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     dev = "cuda" if dev.startswith("cuda") else "cpu"
     log = log or (lambda s: None)
     spec_dir = Path(tempfile.mkdtemp(prefix="cook-chunk-"))
@@ -119,9 +115,8 @@ def launch_chunk(
         import psutil
 
         me = psutil.Process()
-        spec = {"run": str(run_dir), "chunk": chunk, "data": str(data) if data is not None else None, "device": dev,
-                "compile": compile, "eval_interval": eval_interval, "eval_iters": eval_iters, "keep_last": keep_last,
-                "log_interval": log_interval, "sample_tokens": sample_tokens,
+        spec = {"run": str(run_dir), "chunk": chunk, "data": str(data) if data is not None else None,
+                "opts": {**dataclasses.asdict(opts), "device": dev},
                 "parent": {"pid": me.pid, "create_time": me.create_time()}}
         atomic_write_text(spec_dir / SPEC_FILE, json.dumps(spec))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -232,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     """One rank of a launched chunk: join the process group, train the chunk, report the outcome."""
     import torch.distributed as dist
 
-    from model.train import STOP, TrainingInterrupted, setup_process, stop_on_signals, train_chunk
+    from model.train import STOP, ChunkOptions, TrainingInterrupted, setup_process, stop_on_signals, train_chunk
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
@@ -254,11 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         watcher = threading.Thread(target=_watch, args=(spec_dir, spec.get("parent") or {}, STOP, done), daemon=True)
         watcher.start()
         try:
-            proc = setup_process(spec["device"])
+            opts = ChunkOptions(**spec["opts"])
+            proc = setup_process(opts.device)
             summary = train_chunk(
-                spec["run"], int(spec["chunk"]), data=spec["data"], device=spec["device"], compile=spec["compile"],
-                eval_interval=spec["eval_interval"], eval_iters=spec["eval_iters"], keep_last=spec["keep_last"],
-                log_interval=spec["log_interval"], sample_tokens=spec["sample_tokens"], stop=STOP, proc=proc,
+                spec["run"], int(spec["chunk"]), data=spec["data"], opts=opts, stop=STOP, proc=proc,
                 log=(lambda s: print(s, flush=True)) if rank == 0 else None,
                 on_iter=on_iter if rank == 0 else None)
             if rank == 0:

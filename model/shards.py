@@ -6,6 +6,10 @@ A shard is a 256 x int32 little-endian header followed by the tokens:
 - uint32 tokens: header[0] = 20240801, header[1] = 7, header[2] = token count (llm.c's extension)
 
 Every file is written atomically; meta.json is written last, so a folder with meta.json is whole.
+
+`ShardStream` reads a split's shards as one token stream with a positioned read per piece (`os.pread`),
+so a reader holds no file descriptor between reads, whatever the number of shards (an `np.memmap` per shard
+keeps one open each: about 1,000 shards reach the default limit).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from model.atomic import atomic_write, atomic_write_text
+from model.atomic import atomic_write, atomic_write_text, make_readable
 from model.errors import CookError
 
 HEADER_INTS = 256
@@ -77,11 +82,70 @@ def read_header(path: str | os.PathLike) -> tuple[np.dtype, int]:
 
 
 def read_shard(path: str | os.PathLike) -> np.ndarray:
-    """The tokens of a shard as a read-only memmap (no copy)."""
+    """The tokens of a shard as a read-only memmap (no copy; it holds a file descriptor while alive)."""
     dtype, count = read_header(path)
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+class ShardStream:
+    """The shards of one split read as one stream of `tokens` tokens, in order; no file stays open.
+
+    Headers are checked once (`read_header`); `read` then fetches any rows of the stream with `os.pread`,
+    opening one shard at a time, so memory and descriptors stay flat for any number of shards.
+    """
+
+    def __init__(self, paths: list[Path]):
+        self.paths = [Path(p) for p in paths]
+        layouts = [read_header(p) for p in self.paths]
+        dtypes = {d for d, _ in layouts}
+        if len(dtypes) > 1:
+            raise CookError(f"{self.paths[0].parent}: shards mix token dtypes ({', '.join(sorted(d.name for d in dtypes))})")
+        self.dtype = (dtypes.pop() if dtypes else np.dtype(np.uint16)).newbyteorder("<")
+        self.counts = np.array([c for _, c in layouts], dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)  # stream offset of each shard
+        self.tokens = int(self.starts[-1])
+
+    def read(self, starts: np.ndarray | list[int], length: int) -> np.ndarray:
+        """Rows `[start, start + length)` of the stream for each start, as an int64 array (len(starts), length)."""
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        out = np.empty((starts.size, length), dtype=np.int64)
+        if starts.size == 0 or length == 0:
+            return out
+        if starts.min() < 0 or int(starts.max()) + length > self.tokens:
+            raise CookError(f"{self.paths[0].parent}: read past the end of the token stream ({self.tokens} tokens)")
+        # cut each row into (shard, offset in shard, count, row, column) pieces, then read shard by shard
+        pieces: dict[int, list[tuple[int, int, int, int]]] = {}
+        for row, start in enumerate(starts.tolist()):
+            col = 0
+            shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+            while col < length:
+                pos = start + col - int(self.starts[shard])
+                n = min(length - col, int(self.counts[shard]) - pos)
+                if n > 0:
+                    pieces.setdefault(shard, []).append((pos, n, row, col))
+                    col += n
+                shard += 1
+        item = self.dtype.itemsize
+        for shard, todo in pieces.items():
+            path = self.paths[shard]
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for pos, n, row, col in todo:
+                    raw = os.pread(fd, n * item, HEADER_BYTES + pos * item)
+                    if len(raw) != n * item:
+                        raise CookError(f"{path}: truncated token shard (changed while reading)")
+                    out[row, col : col + n] = np.frombuffer(raw, dtype=self.dtype)
+            finally:
+                os.close(fd)
+        return out
+
+    def chunks(self, size: int, limit: int | None = None) -> Iterator[np.ndarray]:
+        """The first `limit` tokens (default all) in consecutive int64 pieces of at most `size` tokens."""
+        end = self.tokens if limit is None else min(self.tokens, int(limit))
+        for start in range(0, end, size):
+            yield self.read([start], min(size, end - start))[0]
 
 
 class ShardWriter:
@@ -129,6 +193,7 @@ class ShardWriter:
     def _open(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.split}_{len(self.paths):06d}.bin.", suffix=".tmp", dir=self.out_dir)
+        make_readable(fd)
         self._file = os.fdopen(fd, "wb")
         self._file.write(_header(self.dtype, 0))
         self._fill = 0

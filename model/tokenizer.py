@@ -121,6 +121,7 @@ class Tokenizer:
         return [self.encode_array(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`, whole characters only (never U+FFFD for a character split between tokens)."""
         raise NotImplementedError
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -242,8 +243,15 @@ class TiktokenTokenizer(Tokenizer):
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`, in whole characters: the tokens' bytes joined, then decoded as UTF-8 with every
+        byte that is not part of a complete character dropped -- a character cut off at the end of a sample,
+        or one a model started and never finished -- so no U+FFFD appears where a token split a character."""
+        return self.decode_bytes(ids).decode("utf-8", errors="ignore")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes of `ids` (a token may hold part of a UTF-8 character)."""
         ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-        return self.enc.decode(ids)
+        return self.enc.decode_bytes(ids)
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)

@@ -2,20 +2,25 @@
 
 A run lives in one folder:
 
-    RUN/run.json          fixed when the run is created: preset, model and train config, base seed,
-                          iters_per_chunk, total_iters (the LR schedule's length), data fingerprint, tokenizer
+    RUN/run.json          fixed when the run is created: preset, model and train config, schedule, sampler,
+                          base seed, iters_per_chunk, data fingerprint, tokenizer; `chunks` (and with it the
+                          planned length `total_iters`) may grow
     RUN/tokenizer/        a copy of the data's tokenizer, so `cook sample RUN` works alone
     RUN/checkpoints/      see model.checkpoint
+    RUN/cooled/           a chunk's cooled-down checkpoint, set aside when the run was extended past it
     RUN/metrics.jsonl     one JSON object per log line: {"iter", "chunk", "kind": "train"|"eval", ...}
 
-Determinism: a batch is a pure function of (chunk seed, iteration, micro-step) (see model.dataloader)
-and dropout is reseeded from the same triple, so the only state a run carries is weights + optimizer.
-Resuming from any checkpoint is therefore bit-identical on CPU to never having stopped.
+Determinism: a batch is a pure function of (data seed, iteration, micro-step) (see model.dataloader) and
+dropout is reseeded from (chunk seed, iteration, micro-step), so the state a run carries is weights +
+optimizer (+ the fp16 loss scale). Resuming from any checkpoint is bit-identical on CPU to never having
+stopped; the RNG states are saved and restored too, so even code that draws from them stays on track.
 
 Iteration `it` (0-based, global over the run) belongs to chunk `it // iters_per_chunk + 1`; a checkpoint's
-`iteration` is the number of iterations done. The learning rate of iteration `it` is
-`lr_at(it, warmup, total_iters, lr, min_lr)` over the run's ORIGINAL length: chunks added later
-train at min_lr and never change a past learning rate.
+`iteration` is the number of iterations done. The learning rate follows model.schedule: by default
+warmup -> stable -> cooldown over the end of the run as planned now. Extending a run that already cooled
+down goes back to the checkpoint saved where its cooldown started (the cooled checkpoint moves to
+RUN/cooled/), so 1 chunk extended to 3 ends bit-identical to 3 planned, and no kept iteration's learning rate
+ever changes.
 
 Several processes (torchrun, DDP): gloo on CPU, nccl on CUDA; rank 0 writes every file. `grad_accum`
 is the run's total micro-batches per step, split over the processes, so a run means the same
@@ -25,9 +30,11 @@ thing on any number of them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import threading
@@ -36,6 +43,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -46,6 +54,7 @@ from model.checkpoint import (
     OPTIM_FILE,
     checkpoint_name,
     latest_checkpoint,
+    list_checkpoints,
     load_model_file,
     load_optimizer_file,
     prune_checkpoints,
@@ -60,16 +69,23 @@ from model.checkpoint import (
     unwrap,
     update_best,
 )
-from model.dataloader import TokenBatches, derive_seed
+from model.dataloader import EpochBatches, TokenBatches, derive_seed
 from model.errors import CookError
 from model.gpt import GPT, GPTConfig
+from model.precision import autocast, compile_default, grad_scaler, resolve_dtype, use_fast_kernels
 from model.presets import get_preset
+from model.schedule import DEFAULT_COOLDOWN, KINDS, Schedule, parse_cooldown
 from model.shards import load_meta
 
 MAX_ITERS_PER_CHUNK = 5000
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 TOKENIZER_DIR = "tokenizer"
+COOLED_DIR = "cooled"
+SAMPLERS = ("epoch", "random")
+# default evaluation: about this share of training time (a forward pass costs about a third of a training micro-step)
+EVAL_SHARE = 0.05
+EVAL_COST = 1 / 3
 
 Log = Callable[[str], None]
 
@@ -104,36 +120,103 @@ class TrainConfig:
         return cls(**d)
 
 
+@dataclass
+class RunSpec:
+    """What `cook train` asks of a run. A new run records it in run.json; an existing run must match it
+    (None: keep what is recorded), except `chunks`, which may grow (extension)."""
+
+    preset: str = "tiny"
+    chunks: int = 1
+    iters_per_chunk: int = 1000
+    seed: int = 1337
+    init_from: str | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    learning_rate: float | None = None
+    warmup: int | None = None
+    schedule: str | None = None  # wsd (default) or cosine
+    cooldown: float | int | str | None = None  # wsd: iterations, or a fraction of the run
+    total_iters: int | None = None  # cosine: the decay's fixed length (default chunks x iters_per_chunk)
+    sampler: str | None = None  # epoch (default) or random
+    dropout: float | None = None
+    eval_interval: int | None = None
+    eval_iters: int | None = None
+
+
+@dataclass
+class ChunkOptions:
+    """How to run a chunk on this machine: nothing here is part of the run (a run may move from a T4 to an H100)."""
+
+    device: str = "auto"
+    dtype: str = "auto"  # model.precision: bf16 / fp16 + GradScaler on CUDA, float32 on CPU
+    compile: bool | None = None  # None: on for CUDA, off on CPU
+    eval_interval: int | None = None  # None: the run's
+    eval_iters: int | None = None
+    keep_last: int = 3
+    log_interval: int = 10
+    sample_tokens: int = 64
+
+
+def split_kwargs(kw: dict[str, Any]) -> tuple[RunSpec, ChunkOptions]:
+    """A flat keyword set (a script's, a test's) as a RunSpec and ChunkOptions; eval_* go to both."""
+    spec_names = {f.name for f in fields(RunSpec)}
+    opt_names = {f.name for f in fields(ChunkOptions)}
+    unknown = set(kw) - spec_names - opt_names
+    if unknown:
+        raise TypeError(f"unknown training options: {', '.join(sorted(unknown))}")
+    return (RunSpec(**{k: v for k, v in kw.items() if k in spec_names}),
+            ChunkOptions(**{k: v for k, v in kw.items() if k in opt_names}))
+
+
 def lr_at(it: int, warmup_iters: int, total_iters: int, lr: float, min_lr: float) -> float:
-    """Learning rate of iteration `it`: linear warmup, cosine decay to min_lr at total_iters, then min_lr."""
-    if it < warmup_iters:
-        return lr * (it + 1) / (warmup_iters + 1)
-    if it >= total_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / (total_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+    """nanoGPT's schedule (linear warmup, cosine decay to min_lr at total_iters): `--schedule cosine`."""
+    return Schedule("cosine", lr, min_lr, warmup_iters, 0, total_iters).lr_at(it, total_iters)
 
 
 # ---------------------------------------------------------------- arguments and processes
 
 
-def check_args(chunks: int, iters_per_chunk: int, seed: int = 0, device: str = "auto", eval_interval: int | None = None,
-               eval_iters: int | None = None, batch_size: int | None = None, grad_accum: int | None = None,
-               learning_rate: float | None = None, keep_last: int = 3) -> None:
-    """Validate training arguments; CookError with one line for the first bad one."""
-    if iters_per_chunk > MAX_ITERS_PER_CHUNK:
-        raise CookError(f"--iters-per-chunk {iters_per_chunk} is above {MAX_ITERS_PER_CHUNK}: split training into more chunks")
-    for flag, value in (("--chunks", chunks), ("--iters-per-chunk", iters_per_chunk), ("--eval-interval", eval_interval),
-                        ("--eval-iters", eval_iters), ("--batch-size", batch_size), ("--grad-accum", grad_accum),
-                        ("--keep-last", keep_last)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise CookError(f"{flag} must be a positive integer (got {value})")
-    if learning_rate is not None and not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise CookError(f"--lr must be a positive number (got {learning_rate})")
+def _positive_int(flag: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+        raise CookError(f"{flag} must be a positive integer (got {value})")
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Validate a run's arguments; CookError with one line for the first bad one."""
+    if spec.iters_per_chunk > MAX_ITERS_PER_CHUNK:
+        raise CookError(f"--iters-per-chunk {spec.iters_per_chunk} is above {MAX_ITERS_PER_CHUNK}: split training into more chunks")
+    for flag, value in (("--chunks", spec.chunks), ("--iters-per-chunk", spec.iters_per_chunk), ("--eval-interval", spec.eval_interval),
+                        ("--eval-iters", spec.eval_iters), ("--batch-size", spec.batch_size), ("--grad-accum", spec.grad_accum),
+                        ("--total-iters", spec.total_iters)):
+        _positive_int(flag, value)
+    if spec.learning_rate is not None and not (spec.learning_rate > 0 and math.isfinite(spec.learning_rate)):
+        raise CookError(f"--lr must be a positive number (got {spec.learning_rate})")
+    if spec.seed < 0 or spec.seed >= 2**63:
+        raise CookError(f"--seed must be in [0, 2**63) (got {spec.seed})")
+    if spec.warmup is not None and (isinstance(spec.warmup, bool) or int(spec.warmup) != spec.warmup or spec.warmup < 0):
+        raise CookError(f"--warmup must be a whole number of iterations >= 0 (got {spec.warmup})")
+    if spec.schedule is not None and spec.schedule not in KINDS:
+        raise CookError(f"--schedule must be one of {', '.join(KINDS)} (got {spec.schedule!r})")
+    parse_cooldown(spec.cooldown)
+    if spec.total_iters is not None and spec.schedule != "cosine":
+        raise CookError("--total-iters is the length of a cosine schedule: use it with --schedule cosine (wsd follows --chunks)")
+    if spec.cooldown is not None and spec.schedule == "cosine":
+        raise CookError("--cooldown is for --schedule wsd (cosine decays over --total-iters)")
+    if spec.sampler is not None and spec.sampler not in SAMPLERS:
+        raise CookError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {spec.sampler!r})")
+    if spec.dropout is not None and not 0.0 <= spec.dropout < 1.0:
+        raise CookError(f"--dropout must be in [0, 1) (got {spec.dropout})")
+
+
+def check_options(opts: ChunkOptions) -> None:
+    """Validate how a chunk runs; CookError with one line."""
+    for flag, value in (("--eval-interval", opts.eval_interval), ("--eval-iters", opts.eval_iters), ("--keep-last", opts.keep_last)):
+        _positive_int(flag, value)
+    device = opts.device
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise CookError(f"--device must be auto, cpu or cuda (got {device})")
-    if seed < 0 or seed >= 2**63:
-        raise CookError(f"--seed must be in [0, 2**63) (got {seed})")
+    resolve_dtype(opts.dtype, "cuda" if str(device).startswith("cuda") else "cpu" if device == "cpu" else
+                  ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def resolve_device(device: str) -> str:
@@ -250,95 +333,179 @@ def check_tokenizer(data: str | os.PathLike, meta: dict, recorded: dict, what: s
         )
 
 
-def prepare_run(
-    data: str | os.PathLike,
-    run: str | os.PathLike,
-    preset: str = "tiny",
-    chunks: int = 1,
-    iters_per_chunk: int = 1000,
-    seed: int = 1337,
-    init_from: str | os.PathLike | None = None,
-    batch_size: int | None = None,
-    grad_accum: int | None = None,
-    learning_rate: float | None = None,
-    eval_interval: int | None = None,
-    eval_iters: int | None = None,
-    proc: Proc | None = None,
-) -> dict:
-    """Create RUN/run.json (or check that this command matches it); return the run plus `todo`, the chunks left.
+def prepare_run(data: str | os.PathLike, run: str | os.PathLike, spec: RunSpec | None = None, proc: Proc | None = None) -> dict:
+    """Create RUN/run.json (or check that `spec` matches it); return the run plus `todo`, the chunks left,
+    and `notes`, lines worth logging (a clipped warmup, a rewound cooldown).
 
-    Asking for more chunks than recorded extends the run (the LR schedule keeps its original length).
-    Rank 0 writes; other ranks wait for it and read.
+    Asking for more chunks than recorded extends the run (see the module doc). Rank 0 writes; other ranks
+    wait for it and read.
     """
+    spec = spec or RunSpec()
     proc = proc or Proc()
-    check_args(chunks, iters_per_chunk, seed, "auto", eval_interval, eval_iters, batch_size, grad_accum, learning_rate)
+    check_spec(spec)
     data, run_dir = Path(data), Path(run)
     meta = load_meta(data)
+    notes: list[str] = []
     if proc.master:
-        info = _create_or_check_run(data, run_dir, meta, preset, chunks, iters_per_chunk, seed, init_from,
-                                    batch_size, grad_accum, learning_rate, eval_interval, eval_iters)
+        info = _create_or_check_run(data, run_dir, meta, spec, notes)
     _barrier(proc)
     if not proc.master:
         info = read_run(run_dir)
     info = dict(info)
-    info["todo"] = chunks_todo(run_dir, info, upto=chunks)
+    info["todo"] = chunks_todo(run_dir, info, upto=spec.chunks)
+    info["notes"] = notes
     return info
 
 
-def _create_or_check_run(data, run_dir, meta, preset, chunks, iters_per_chunk, seed, init_from,
-                         batch_size, grad_accum, learning_rate, eval_interval, eval_iters) -> dict:
+def eval_plan(defaults: dict[str, Any], spec: RunSpec, train: TrainConfig) -> tuple[int, int]:
+    """(eval_interval, eval_iters): the command's, else sized so evaluation takes about EVAL_SHARE of training
+    time. Eval reads 2 splits x eval_iters batches of batch_size rows, each costing about EVAL_COST of a
+    training micro-step; an interval holds interval x grad_accum micro-steps. Every chunk also ends with one."""
+    units = EVAL_SHARE / (2 * EVAL_COST)  # eval batches per training micro-step within budget
+    micro_per_chunk = spec.iters_per_chunk * train.grad_accum
+    iters = spec.eval_iters or max(min(10, int(defaults.get("eval_iters", 100))),
+                                   min(int(defaults.get("eval_iters", 100)), int(units * micro_per_chunk)))
+    interval = spec.eval_interval or max(int(defaults.get("eval_interval", 100)), math.ceil(iters / (units * train.grad_accum)))
+    return interval, iters
+
+
+def _schedule_for(spec: RunSpec, train: TrainConfig, total: int, notes: list[str]) -> Schedule:
+    """The schedule of a new run; a preset's warmup that does not fit a short run is clipped (noted),
+    a --warmup that does not fit is refused."""
+    kind = spec.schedule or "wsd"
+    cooldown = parse_cooldown(spec.cooldown)
+    if cooldown is None:
+        cooldown = DEFAULT_COOLDOWN if kind == "wsd" else 0
+    length = spec.total_iters if kind == "cosine" and spec.total_iters else total
+    sched = Schedule(kind, float(train.learning_rate), float(train.min_lr), int(train.warmup_iters), cooldown,
+                     length if kind == "cosine" else None)
+    if spec.warmup is None:
+        room = sched.cooldown_start(total) if kind == "wsd" else length - 1
+        if sched.warmup > room >= 0:
+            notes.append(f"the preset's warmup of {sched.warmup} iterations is longer than this run allows before its "
+                         f"{'cooldown' if kind == 'wsd' else 'decay end'}: warming up over {room} instead (--warmup to choose)")
+            sched = dataclasses.replace(sched, warmup=room)
+            train.warmup_iters = room
+    sched.check(total)
+    return sched
+
+
+def pre_cooldown_checkpoint(info: dict) -> tuple[int, str] | None:
+    """(iteration, checkpoint name) where the run's cooldown starts as planned now; None without a cooldown."""
+    sched = Schedule.from_run(info)
+    total, K = int(info["chunks"]) * int(info["iters_per_chunk"]), int(info["iters_per_chunk"])
+    if sched.kind != "wsd" or sched.cooldown_iters(total) <= 0:
+        return None
+    start = sched.cooldown_start(total)
+    name = checkpoint_name(start // K) if start % K == 0 else checkpoint_name(start // K + 1, start)
+    return start, name
+
+
+def _rewind_cooldown(run_dir: Path, info: dict) -> str | None:
+    """Before extending a wsd run: if it trained past its cooldown start, go back to the checkpoint saved there.
+    Finished chunks past it move to RUN/cooled/ (still a model you can sample or export), mid-chunk ones go.
+    Returns a note, or None if nothing was past the cooldown."""
+    pre = pre_cooldown_checkpoint(info)
+    if pre is None:
+        return None
+    start, name = pre
+    found = list_checkpoints(run_dir)
+    later = [p for i, p in found if i > start]
+    if not later:
+        return None
+    if not any(i == start for i, _ in found):
+        raise CookError(f"run {run_dir} cooled down from iteration {start}, but the checkpoint saved there ({name}) is gone: "
+                        f"it cannot be extended without training at the floor; start a new --run with --init-from {run_dir}")
+    cooled = run_dir / COOLED_DIR
+    cooled.mkdir(exist_ok=True)
+    for p in later:
+        if "-iter_" in p.name:
+            shutil.rmtree(p, ignore_errors=True)
+            continue
+        target = cooled / p.name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(p, target)
+    return (f"extending: the run had cooled down from iteration {start}; training goes on from the checkpoint saved "
+            f"there ({name}); the cooled checkpoint{'s' if len(later) > 1 else ''} moved to {cooled}")
+
+
+def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, notes: list[str]) -> dict:
     run_path = run_dir / RUN_FILE
-    config, defaults = get_preset(preset, int(meta["vocab_size"]))
-    overrides = dict(batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate)
+    config, defaults = get_preset(spec.preset, int(meta["vocab_size"]))
+    overrides = dict(batch_size=spec.batch_size, grad_accum=spec.grad_accum, learning_rate=spec.learning_rate)
     tokenizer = _tokenizer_identity(meta)
     if run_path.is_file():
         info = read_run(run_dir)
-        if info.get("preset") != preset:
-            raise CookError(f"run {run_dir} was created with preset {info.get('preset')}, not {preset}: use another --run to train a new model")
-        diff = _config_diff(info["model"], config.to_dict())
+        if info.get("preset") != spec.preset:
+            raise CookError(f"run {run_dir} was created with preset {info.get('preset')}, not {spec.preset}: use another --run to train a new model")
+        dropout = spec.dropout if spec.dropout is not None else info["model"].get("dropout", config.dropout)
+        diff = _config_diff(info["model"], dataclasses.replace(config, dropout=dropout).to_dict())
         if diff:
-            raise CookError(f"run {run_dir}: model config does not match preset {preset} ({diff})")
-        for flag, key, value in (("--iters-per-chunk", "iters_per_chunk", iters_per_chunk), ("--seed", "seed", seed)):
+            raise CookError(f"run {run_dir}: model config does not match preset {spec.preset} ({diff})")
+        for flag, key, value in (("--iters-per-chunk", "iters_per_chunk", spec.iters_per_chunk), ("--seed", "seed", spec.seed)):
             if info[key] != value:
                 raise CookError(f"run {run_dir} was created with {flag} {info[key]}, not {value}: repeat the original flags to resume")
         for flag, key in (("--batch-size", "batch_size"), ("--grad-accum", "grad_accum"), ("--lr", "learning_rate")):
             if overrides[key] is not None and overrides[key] != info["train"][key]:
                 raise CookError(f"run {run_dir} was created with {flag} {info['train'][key]}, not {overrides[key]}: repeat the original flags to resume")
+        sched = Schedule.from_run(info)
+        cooldown = parse_cooldown(spec.cooldown)
+        for flag, given, recorded in (("--schedule", spec.schedule, sched.kind), ("--warmup", spec.warmup, sched.warmup),
+                                      ("--cooldown", cooldown, sched.cooldown),
+                                      ("--total-iters", spec.total_iters, sched.total if sched.kind == "cosine" else None),
+                                      ("--sampler", spec.sampler, info.get("sampler", "random"))):
+            if given is not None and given != recorded:
+                raise CookError(f"run {run_dir} was created with {flag} {recorded}, not {given}: repeat the original flags to resume")
         recorded_init = info.get("init_from")
-        if init_from is not None and (recorded_init is None or Path(init_from).resolve() != Path(recorded_init).resolve()):
-            raise CookError(f"run {run_dir} already exists{' (started from ' + recorded_init + ')' if recorded_init else ''}: use a new --run for --init-from {init_from}")
+        if spec.init_from is not None and (recorded_init is None or Path(spec.init_from).resolve() != Path(recorded_init).resolve()):
+            raise CookError(f"run {run_dir} already exists{' (started from ' + recorded_init + ')' if recorded_init else ''}: use a new --run for --init-from {spec.init_from}")
         check_tokenizer(data, meta, info["tokenizer"], f"run {run_dir}")
         if meta.get("fingerprint") != info["data"]["fingerprint"]:
             raise CookError(f"{data} is not the data run {run_dir} was trained on (fingerprint differs): use --init-from to continue on new data")
-        if chunks > info["chunks"]:
-            info["chunks"] = chunks  # extension: total_iters (the schedule) stays as recorded
+        if spec.chunks > info["chunks"]:  # extension
+            total = spec.chunks * int(info["iters_per_chunk"])
+            sched.check(total)
+            if sched.kind == "wsd":
+                note = _rewind_cooldown(run_dir, info)  # before run.json changes: a crash in between redoes it
+                if note:
+                    notes.append(note)
+                info["total_iters"] = total
+            info["chunks"] = spec.chunks
             atomic_write_text(run_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
         return info
 
-    train = TrainConfig.from_preset(defaults, **overrides)
+    if spec.dropout is not None:
+        config = dataclasses.replace(config, dropout=float(spec.dropout))
+    train = TrainConfig.from_preset(defaults, **overrides, warmup_iters=spec.warmup)
+    total = spec.chunks * spec.iters_per_chunk
+    sched = _schedule_for(spec, train, total, notes)
+    eval_interval, eval_iters = eval_plan(defaults, spec, train)
     init = None
-    if init_from is not None:
-        ckpt = resolve_checkpoint(init_from)
+    if spec.init_from is not None:
+        ckpt = resolve_checkpoint(spec.init_from)
         ck = read_config(ckpt)
         check_tokenizer(data, meta, ck.get("tokenizer", {}), f"checkpoint {ckpt}")
-        diff = _config_diff(ck.get("model", {}), config.to_dict())
+        diff = _config_diff({k: v for k, v in ck.get("model", {}).items() if k != "dropout"},
+                            {k: v for k, v in config.to_dict().items() if k != "dropout"})
         if diff:
-            raise CookError(f"--init-from {ckpt}: checkpoint's model config does not match preset {preset} ({diff})")
+            raise CookError(f"--init-from {ckpt}: checkpoint's model config does not match preset {spec.preset} ({diff})")
         if not (ckpt / MODEL_FILE).is_file():
             raise CookError(f"{ckpt / MODEL_FILE}: missing checkpoint file")
         init = str(ckpt.resolve())
-    total = chunks * iters_per_chunk
     info = {
-        "format": 1,
-        "preset": preset,
+        "format": 2,
+        "preset": spec.preset,
         "model": config.to_dict(),
         "train": asdict(train),
-        "eval_interval": eval_interval or int(defaults.get("eval_interval", 100)),
-        "eval_iters": eval_iters or int(defaults.get("eval_iters", 100)),
-        "seed": seed,
-        "chunks": chunks,
-        "iters_per_chunk": iters_per_chunk,
-        "total_iters": total,
+        "schedule": sched.to_dict(),
+        "sampler": spec.sampler or "epoch",
+        "eval_interval": eval_interval,
+        "eval_iters": eval_iters,
+        "seed": spec.seed,
+        "chunks": spec.chunks,
+        "iters_per_chunk": spec.iters_per_chunk,
+        "total_iters": sched.total if sched.kind == "cosine" else total,
         "data": {"dir": str(data.resolve()), "fingerprint": meta.get("fingerprint")},
         "tokenizer": tokenizer,
         "init_from": init,
@@ -403,15 +570,9 @@ class Metrics:
 # ---------------------------------------------------------------- the chunk loop
 
 
-def _autocast(device: str):
-    if device.startswith("cuda"):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, batches: dict[str, TokenBatches | None], eval_iters: int, seed: int,
-                  proc: Proc) -> dict[str, float | None]:
+                  proc: Proc, dtype: str = "float32") -> dict[str, float | None]:
     """Mean loss over `eval_iters` fixed batches of each split (the same batches every time), shared over ranks."""
     was_training = model.training
     model.eval()
@@ -423,7 +584,7 @@ def estimate_loss(model: torch.nn.Module, batches: dict[str, TokenBatches | None
         total = torch.zeros((), dtype=torch.float64, device=proc.device)
         for k in range(proc.rank, eval_iters, proc.world):
             x, y = b.batch(seed, k, 0, proc.device)
-            with _autocast(proc.device):
+            with autocast(proc.device, dtype):
                 _, loss = model(x, y)
             total += loss.double()
         if proc.ddp:
@@ -431,6 +592,24 @@ def estimate_loss(model: torch.nn.Module, batches: dict[str, TokenBatches | None
         out[split] = float(total) / eval_iters
     model.train(was_training)
     return out
+
+
+def split_bpb(meta: dict, split: str, loss: float | None) -> float | None:
+    """Bits per byte of `split` for a loss in nats per token (model.baseline), or None if the data folder
+    does not record the split's bytes (tokenized before cook recorded them)."""
+    from model.baseline import bits_per_byte
+
+    s = (meta.get("splits") or {}).get(split) or {}
+    if loss is None or not s.get("bytes") or not s.get("tokens"):
+        return None
+    return bits_per_byte(loss, int(s["tokens"]), int(s["bytes"]))
+
+
+def seed_everything(seed: int) -> None:
+    """torch, numpy and python RNGs from one seed: a fresh run's RNG states are a function of its seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _load_tokenizer(run_dir: Path, info: dict):
@@ -441,7 +620,7 @@ def _load_tokenizer(run_dir: Path, info: dict):
     return get_tokenizer(info["tokenizer"]["encoding"])
 
 
-def _sample_text(model: GPT, run_dir: Path, info: dict, n: int, seed: int, device: str) -> str:
+def _sample_text(model: GPT, run_dir: Path, info: dict, n: int, seed: int, device: str, dtype: str = "float32") -> str:
     """A short text from the model (for the chunk's report); '' if the tokenizer cannot be loaded."""
     if n <= 0:
         return ""
@@ -451,30 +630,37 @@ def _sample_text(model: GPT, run_dir: Path, info: dict, n: int, seed: int, devic
         return ""
     g = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([[tok.eot_id]], dtype=torch.long, device=device)
-    with _autocast(device):
+    with autocast(device, dtype):
         out = model.generate(idx, n, temperature=0.8, top_k=50, generator=g)
     return tok.decode(out[0, 1:].tolist())
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-               accum: int, lr: float, grad_clip: float, device: str, ddp: bool = False) -> torch.Tensor:
-    """One optimizer step: set the lr; forward (autocast on CUDA) and backward over `accum` micro-batches,
-    the loss averaged (under DDP gradients sync on the last one only); clip; AdamW step; zero grads.
-    Returns the step's loss (detached). The benchmark times exactly this."""
+               accum: int, lr: float, grad_clip: float, device: str, ddp: bool = False, dtype: str = "float32",
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One optimizer step: set the lr; forward (autocast to `dtype`) and backward over `accum` micro-batches,
+    the loss averaged (under DDP gradients sync on the last one only); clip; AdamW step (through the fp16
+    loss scaler if any); zero grads. Returns the step's loss (detached). The benchmark times exactly this."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_acc = torch.zeros((), device=device)
     for m, (x, y) in enumerate(micro_batches):
         if ddp:
             model.require_backward_grad_sync = m == accum - 1
-        with _autocast(device):
+        with autocast(device, dtype):
             _, loss = model(x, y)
             loss = loss / accum
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_acc += loss.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_acc
 
@@ -484,29 +670,26 @@ def train_chunk(
     chunk: int,
     *,
     data: str | os.PathLike | None = None,
-    device: str = "auto",
-    compile: bool = False,
-    eval_interval: int | None = None,
-    eval_iters: int | None = None,
-    keep_last: int = 3,
-    log_interval: int = 10,
-    sample_tokens: int = 64,
+    opts: ChunkOptions | None = None,
     log: Log | None = None,
     stop: threading.Event | None = None,
     proc: Proc | None = None,
     on_iter: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Train chunk `chunk` (1-based) of a prepared run from its latest checkpoint; save a checkpoint at its end.
+    """Train chunk `chunk` (1-based) of a prepared run from its latest checkpoint; save a checkpoint at its end
+    (and one where the cooldown starts, if it starts in this chunk).
 
     `on_iter(done_in_chunk, iters_per_chunk)` is called after every iteration (progress display).
     If `stop` gets set, saves a mid-chunk checkpoint and raises TrainingInterrupted. Returns a summary:
-    chunk, start/end iteration, seed, losses (eval records), val/train loss, lr, tokens_seen, checkpoint,
-    sample (a short generated text), seconds, skipped (True if the chunk was already done).
+    chunk, start/end iteration, seed, losses (eval records), val/train loss and bpb, lr, tokens_seen, epochs,
+    checkpoint, sample (a short generated text), seconds, skipped (True if the chunk was already done).
     """
     t_start = time.time()
+    opts = opts or ChunkOptions()
+    check_options(opts)
     run_dir = Path(run_dir)
     stop = stop if stop is not None else STOP
-    proc = proc or setup_process(device)
+    proc = proc or setup_process(opts.device)
     info = read_run(run_dir)
     data = Path(data) if data is not None else Path(info["data"]["dir"])
     meta = load_meta(data)
@@ -517,9 +700,12 @@ def train_chunk(
     if not 1 <= chunk <= int(info["chunks"]):
         raise CookError(f"run {run_dir} has chunks 1..{info['chunks']}, not {chunk}")
     chunk_start, chunk_end = (chunk - 1) * K, chunk * K
-    eval_interval = eval_interval or int(info["eval_interval"])
-    eval_iters = eval_iters or int(info["eval_iters"])
+    eval_interval = opts.eval_interval or int(info["eval_interval"])
+    eval_iters = opts.eval_iters or int(info["eval_iters"])
     tc = TrainConfig(**info["train"])
+    sched = Schedule.from_run(info)
+    plan = int(info["total_iters"]) if sched.kind == "cosine" else int(info["chunks"]) * K
+    pre = pre_cooldown_checkpoint(info)
     if tc.grad_accum % proc.world:
         raise CookError(f"--grad-accum {tc.grad_accum} is not a multiple of the {proc.world} processes")
     accum = tc.grad_accum // proc.world
@@ -528,6 +714,8 @@ def train_chunk(
     config = GPTConfig.from_dict(info["model"])
     dev = proc.device
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
+    dtype = resolve_dtype(opts.dtype, dev)
+    use_fast_kernels(dev)
 
     # -- state: latest checkpoint, else the init-from weights, else a fresh seeded init
     latest = latest_checkpoint(run_dir)
@@ -551,25 +739,41 @@ def train_chunk(
     optimizer = model.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2), device_type)
     if latest is not None and (latest / OPTIM_FILE).is_file():
         load_optimizer_file(latest / OPTIM_FILE, optimizer, model)
+    scaler = grad_scaler(dev, dtype)
+    if scaler is not None and state and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     if state and "rng" in state:
         restore_rng_states(state["rng"])
+    elif state is None:
+        seed_everything(derive_seed(base_seed, "rng"))
     best_val = state.get("best_val_loss") if state else None
     tokens_seen = int(state.get("tokens_seen", 0)) if state else 0
     chunk_seeds = {str(k): v for k, v in (state.get("chunk_seeds", {}) if state else {}).items()}
     chunk_seeds[str(chunk)] = chunk_seed
 
-    fwd = torch.compile(model) if compile else model
-    train_model = fwd
-    if proc.ddp:
+    def wrap(fwd: torch.nn.Module) -> torch.nn.Module:
+        if not proc.ddp:
+            return fwd
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(fwd, device_ids=[proc.local_rank] if device_type == "cuda" else None)
+        return DDP(fwd, device_ids=[proc.local_rank] if device_type == "cuda" else None)
 
-    train_batches = TokenBatches(data, "train", config.block_size, tc.batch_size)
+    compiled = compile_default(opts.compile, dev)
+    fwd = torch.compile(model) if compiled else model
+    train_model = wrap(fwd)
+
+    sampler = info.get("sampler", "random")  # runs made before the epoch sampler drew random windows
+    if sampler == "epoch":
+        train_batches = EpochBatches(data, "train", config.block_size, tc.batch_size, tc.grad_accum)
+        data_seed = derive_seed(base_seed, "data")
+    else:
+        train_batches = TokenBatches(data, "train", config.block_size, tc.batch_size)
+        data_seed = chunk_seed
+    eval_batches: dict[str, TokenBatches | None] = {"train": TokenBatches(data, "train", config.block_size, tc.batch_size)}
     try:
-        val_batches = TokenBatches(data, "val", config.block_size, tc.batch_size)
+        eval_batches["val"] = TokenBatches(data, "val", config.block_size, tc.batch_size)
     except CookError:
-        val_batches = None  # no (usable) validation split: eval reports train loss only
+        eval_batches["val"] = None  # no (usable) validation split: eval reports train loss only
     eval_seed = derive_seed(base_seed, "eval")
     tokens_per_iter = tc.batch_size * config.block_size * tc.grad_accum
 
@@ -582,13 +786,15 @@ def train_chunk(
         return {
             "iteration": it, "chunk": chunk, "chunk_complete": complete, "iters_per_chunk": K,
             "base_seed": base_seed, "chunk_seed": chunk_seed, "chunk_seeds": chunk_seeds,
-            "data_cursor": {"chunk_seed": chunk_seed, "iteration": it},
+            "data_cursor": {"sampler": sampler, "seed": data_seed, "iteration": it, "epochs": train_batches.epochs(it)},
             "rng": rng_states(), "best_val_loss": best_val, "val_loss": val, "train_loss": train_loss,
+            "val_bpb": split_bpb(meta, "val", val), "train_bpb": split_bpb(meta, "train", train_loss),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "tokens_seen": tokens_seen, "lr": lr, "world_size": proc.world, "saved_at": time.time(),
         }
 
     ck_config = {"model": info["model"], "train": info["train"], "preset": info["preset"], "data": info["data"],
-                 "tokenizer": info["tokenizer"], "total_iters": info["total_iters"]}
+                 "tokenizer": info["tokenizer"], "total_iters": info["total_iters"], "schedule": sched.to_dict()}
 
     def save(name: str, st: dict) -> Path:
         path = run_dir / CHECKPOINTS / name
@@ -600,7 +806,7 @@ def train_chunk(
     def stop_requested(it: int) -> bool:
         flag = stop.is_set()
         if proc.ddp:  # every rank must stop at the same iteration: agree every log_interval iterations
-            if (it - it0) % log_interval:
+            if (it - it0) % opts.log_interval:
                 return False
             t = torch.tensor([1.0 if flag else 0.0], device=dev)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -608,10 +814,12 @@ def train_chunk(
         return flag
 
     evals: list[dict] = []
-    lr = lr_at(it0, tc.warmup_iters, info["total_iters"], tc.learning_rate, tc.min_lr)
+    lr = sched.lr_at(it0, plan)
     last_loss: float | None = None
     val_loss: float | None = None
     t_log, it_log = time.time(), it0
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     train_model.train()
     for it in range(it0, chunk_end):
         if stop_requested(it):
@@ -620,22 +828,38 @@ def train_chunk(
             else:
                 path = save(checkpoint_name(chunk, it), snapshot(it, lr, False, None, last_loss))
             raise TrainingInterrupted(f"interrupted: saved checkpoint at iteration {it} ({path}) — run the same command to resume")
-        lr = lr_at(it, tc.warmup_iters, info["total_iters"], tc.learning_rate, tc.min_lr)
+        if pre is not None and it == pre[0] and it > max(it0, chunk_start):
+            save(pre[1], snapshot(it, lr, False, None, last_loss))
+            if log is not None and proc.master:
+                log(f"chunk {chunk} iter {it}: the cooldown starts; checkpoint {pre[1]} saved (extending the run goes on from it)")
+        lr = sched.lr_at(it, plan)
 
         def micro_batches(it: int = it):
             for m in range(accum):
                 micro = proc.rank * accum + m
-                x, y = train_batches.batch(chunk_seed, it, micro, dev)
+                x, y = train_batches.batch(data_seed, it, micro, dev)
                 torch.manual_seed(derive_seed(chunk_seed, it, micro))  # dropout masks depend on (seed, it, micro) only
                 yield x, y
 
-        loss_acc = train_step(train_model, optimizer, micro_batches(), accum, lr, tc.grad_clip, dev, ddp=proc.ddp)
+        try:
+            loss_acc = train_step(train_model, optimizer, micro_batches(), accum, lr, tc.grad_clip, dev, proc.ddp, dtype, scaler)
+        except Exception as e:  # noqa: BLE001 - torch.compile fails on the first call (no compiler, unsupported op)
+            if not compiled or it != it0:
+                raise
+            compiled = False
+            optimizer.zero_grad(set_to_none=True)
+            if log is not None and proc.master:
+                log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); training eagerly")
+            train_model = wrap(model)
+            train_model.train()
+            fwd = model
+            loss_acc = train_step(train_model, optimizer, micro_batches(), accum, lr, tc.grad_clip, dev, proc.ddp, dtype, scaler)
         tokens_seen += tokens_per_iter
         done = it + 1
         if on_iter is not None:
             on_iter(done - chunk_start, K)
 
-        if done % log_interval == 0 or it == it0 or done == chunk_end:
+        if done % opts.log_interval == 0 or it == it0 or done == chunk_end:
             last_loss = float(loss_acc)
             dt = (time.time() - t_log) / max(1, done - it_log)
             t_log, it_log = time.time(), done
@@ -643,17 +867,23 @@ def train_chunk(
                    "tokens_per_s": tokens_per_iter / dt if dt > 0 else None, "tokens_seen": tokens_seen, "ms_per_iter": 1000 * dt}
             msg = f"chunk {chunk} iter {done}: loss {last_loss:.4f}, lr {lr:.3e}, {rec['tokens_per_s'] or 0:,.0f} tok/s"
             if device_type == "cuda":
-                rec["mfu"] = model.estimate_mfu(tc.batch_size * accum, dt) if dt > 0 else None
-                msg += f", mfu {100 * (rec['mfu'] or 0):.1f}%"
+                rec["mfu"] = model.estimate_mfu(tc.batch_size * tc.grad_accum, dt * proc.world) if dt > 0 else None
+                rec["peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+                msg += f", mfu {100 * (rec['mfu'] or 0):.1f}%, {rec['peak_mem_mb']:,.0f} MiB"
             metrics.write(rec, msg)
 
         if done % eval_interval == 0 or done == chunk_end:
-            losses = estimate_loss(fwd, {"train": train_batches, "val": val_batches}, eval_iters, eval_seed, proc)
+            t_eval = time.time()
+            losses = estimate_loss(fwd, eval_batches, eval_iters, eval_seed, proc, dtype)
             val_loss = losses["val"]
-            rec = {"iter": done, "chunk": chunk, "kind": "eval", "train_loss": losses["train"], "val_loss": val_loss, "lr": lr}
+            rec = {"iter": done, "chunk": chunk, "kind": "eval", "train_loss": losses["train"], "val_loss": val_loss,
+                   "train_bpb": split_bpb(meta, "train", losses["train"]), "val_bpb": split_bpb(meta, "val", val_loss),
+                   "lr": lr, "epochs": round(train_batches.epochs(done), 6)}
             evals.append(rec)
             vs = f"{val_loss:.4f}" if val_loss is not None else "n/a"
-            metrics.write(rec, f"chunk {chunk} iter {done}: eval train loss {losses['train']:.4f}, val loss {vs}")
+            bpb = f" ({rec['val_bpb']:.4f} bits/byte)" if rec["val_bpb"] is not None else ""
+            metrics.write(rec, f"chunk {chunk} iter {done}: eval train loss {losses['train']:.4f}, val loss {vs}{bpb}, "
+                               f"epoch {rec['epochs']:.3f} ({time.time() - t_eval:.1f} s)")
             t_log = time.time()  # keep eval time out of tokens/s
 
     # -- end of chunk: checkpoint, best, retention
@@ -662,12 +892,14 @@ def train_chunk(
     ck = save(checkpoint_name(chunk), snapshot(chunk_end, lr, True, val_loss, last_loss))
     if proc.master:
         update_best(run_dir, ck, val_loss, chunk_end)
-        prune_checkpoints(run_dir, keep_last)
-    sample = _sample_text(model, run_dir, info, sample_tokens, chunk_seed, dev) if proc.master else ""
+        prune_checkpoints(run_dir, opts.keep_last, keep=[pre[1]] if pre is not None else ())
+    sample = _sample_text(model, run_dir, info, opts.sample_tokens, chunk_seed, dev, dtype) if proc.master else ""
     _barrier(proc)
     if proc.ddp:  # ranks must hold identical weights; the digest lets callers (and tests) check it
         summary["param_digest"] = param_digest(model)
     return {**summary, "losses": evals, "val_loss": val_loss, "train_loss": last_loss, "lr": lr, "tokens_seen": tokens_seen,
+            "val_bpb": split_bpb(meta, "val", val_loss), "epochs": train_batches.epochs(chunk_end),
+            "baseline": (meta.get("baseline") or {}).get("bigram"),
             "checkpoint": str(ck), "best": (read_best(run_dir) or {}).get("name") if proc.master else None,
             "sample": sample, "seconds": time.time() - t_start}
 
@@ -683,19 +915,16 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def train_worker(data: str | os.PathLike, run: str | os.PathLike, preset: str = "tiny", chunks: int = 1,
-                 iters_per_chunk: int = 1000, seed: int = 1337, init_from: str | os.PathLike | None = None,
-                 device: str = "auto", compile: bool = False, eval_interval: int | None = None,
-                 eval_iters: int | None = None, batch_size: int | None = None, grad_accum: int | None = None,
-                 learning_rate: float | None = None, keep_last: int = 3, log: Log | None = None,
-                 stop: threading.Event | None = None, **chunk_kw: Any) -> list[dict]:
+def train_worker(data: str | os.PathLike, run: str | os.PathLike, spec: RunSpec | None = None, opts: ChunkOptions | None = None,
+                 log: Log | None = None, stop: threading.Event | None = None, **kw: Any) -> list[dict]:
     """The whole run as a plain loop (no Prefect): prepare, then every chunk left. Under torchrun every
-    rank but 0 runs this, in step with rank 0's flow; it also works alone in one process."""
-    proc = setup_process(device)
-    info = prepare_run(data, run, preset, chunks, iters_per_chunk, seed, init_from, batch_size, grad_accum,
-                       learning_rate, eval_interval, eval_iters, proc=proc)
-    return [
-        train_chunk(run, c, data=data, device=device, compile=compile, eval_interval=eval_interval, eval_iters=eval_iters,
-                    keep_last=keep_last, log=log, stop=stop, proc=proc, **chunk_kw)
-        for c in info["todo"]
-    ]
+    rank but 0 runs this, in step with rank 0's flow; it also works alone in one process. Scripts may pass
+    the fields of RunSpec and ChunkOptions as keywords instead."""
+    if kw:
+        spec_kw, opts_kw = split_kwargs(kw)
+        spec = spec or spec_kw
+        opts = opts or opts_kw
+    opts = opts or ChunkOptions()
+    proc = setup_process(opts.device)
+    info = prepare_run(data, run, spec, proc=proc)
+    return [train_chunk(run, c, data=data, opts=opts, log=log, stop=stop, proc=proc) for c in info["todo"]]

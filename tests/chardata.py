@@ -25,8 +25,8 @@ def make_char_data(out: Path, seed: int = 0, n_words: int = 6000, val_share: flo
     tok.save(out / "tokenizer")
     write_meta(out, {
         "format": 1, "encoding": "char", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": "uint16",
-        "splits": {"train": {"shards": ["train_000000.bin"], "tokens": cut, "documents": 1},
-                   "val": {"shards": ["val_000000.bin"], "tokens": len(ids) - cut, "documents": 1}},
+        "splits": {"train": {"shards": ["train_000000.bin"], "tokens": cut, "documents": 1, "bytes": cut},  # ASCII: a byte a token
+                   "val": {"shards": ["val_000000.bin"], "tokens": len(ids) - cut, "documents": 1, "bytes": len(ids) - cut}},
         "fingerprint": f"{tok.hash[:16]}-{seed}-{n_words}", "tokenizer": {"name": "char", "dir": "tokenizer", "hash": tok.hash},
     })
     return out

@@ -25,6 +25,10 @@ os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(_HOME) / "tiktoken-empty")  # never 
 os.environ["TMPDIR"] = str(Path(_HOME) / "tmp")
 os.environ["DASK_TEMPORARY_DIRECTORY"] = str(Path(_HOME) / "dask")
 
+# The tests read the runs' step-by-step log lines from the CLI's output, as `cook --verbose` shows them; the quiet
+# default is tested on its own (test_cli.py::test_quiet_console_and_log_file).
+os.environ["COOK_VERBOSE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 
 

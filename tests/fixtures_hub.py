@@ -1,12 +1,22 @@
-"""A loopback stand-in for the Hugging Face Hub: the few endpoints `HfFileSystem` uses to list and read a dataset.
+"""A loopback stand-in for the Hugging Face Hub: the endpoints `HfFileSystem` uses to list and read a dataset,
+and those `HfApi.create_repo` / `upload_folder` use to create a model repo and commit files to it.
 
 Serves the dataset repos under a local folder (`ROOT/<namespace>/<name>/...`) at one revision:
 repo info, tree listing, paths-info, and file resolve with HTTP range requests. Point
 COOK_HF_ENDPOINT at `FakeHub.url` and `hf://datasets/<namespace>/<name>/...` paths read from it.
+
+Model repos live in `ROOT/models/<namespace>/<name>/`: `POST /api/repos/create` makes one (409 when it
+exists), `POST /api/models/<ns>/<name>/preupload/<rev>` answers "regular" for every file (the Hub decides
+the mode: so files travel inline in the commit, no LFS or Xet storage is involved), and
+`POST /api/models/<ns>/<name>/commit/<rev>` takes the NDJSON commit (a header line, then one base64
+`file` line per file) and writes the files. Writes need `Authorization: Bearer <token>` with a token of
+`tokens` (token -> user name, the namespace of a repo created without one); `hub.auth` logs the
+Authorization header of every request.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -29,9 +39,12 @@ def _entry(root: Path, p: Path) -> dict:
 class FakeHub:
     """`with FakeHub(folder) as hub: hub.url` — a threaded HTTP server on 127.0.0.1; `hub.requests` logs the paths asked."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tokens: dict[str, str] | None = None):
         self.root = Path(root)
+        self.models = self.root / "models"
+        self.tokens = dict(tokens or {})
         self.requests: list[str] = []
+        self.auth: list[tuple[str, str | None]] = []  # (request line, its Authorization header)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,10 +80,75 @@ class FakeHub:
             def do_HEAD(self) -> None:
                 self._handle(body=False)
 
+            def _user(self) -> str | None:
+                """The user of the request's bearer token; None (after a 401 answer) when it has none or a bad one."""
+                auth = self.headers.get("Authorization") or ""
+                user = hub.tokens.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+                if user is None:
+                    self._json({"error": "Invalid username or password."}, 401)
+                return user
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def _model_repo(self, ns: str, name: str) -> Path | None:
+                repo = hub.models / ns / name
+                if not repo.is_dir():
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                return repo
+
+            def _create_repo(self) -> None:
+                user = self._user()
+                if user is None:
+                    return None
+                spec = json.loads(self._body() or b"{}")
+                ns, name = spec.get("organization") or user, spec.get("name") or ""
+                if spec.get("type", "model") != "model" or not name:
+                    return self._json({"error": "only model repos here"}, 400)
+                repo_url = f"{hub.url}/{ns}/{name}"
+                if (hub.models / ns / name).exists():
+                    return self._json({"error": "You already created this model repo", "url": repo_url}, 409)
+                (hub.models / ns / name).mkdir(parents=True)
+                (hub.models / ns / name / ".visibility").write_text(spec.get("visibility") or "public")
+                self._json({"url": repo_url, "name": f"{ns}/{name}", "id": f"{ns}/{name}"})
+
+            def _preupload(self, repo: Path) -> None:
+                files = json.loads(self._body() or b"{}").get("files", [])
+                self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                                      for f in files], "commitOid": SHA})
+
+            def _commit(self, repo: Path, ns: str, name: str) -> None:
+                lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+                if not lines or lines[0].get("key") != "header":
+                    return self._json({"error": "a commit starts with its header"}, 400)
+                for item in lines[1:]:
+                    value = item.get("value", {})
+                    path = (repo / value.get("path", "")).resolve()
+                    if item.get("key") != "file" or value.get("encoding") != "base64" or repo.resolve() not in path.parents:
+                        return self._json({"error": f"unsupported commit line {item.get('key')!r}"}, 400)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(base64.b64decode(value["content"]))
+                oid = hashlib.sha1(json.dumps(lines).encode()).hexdigest()
+                self._json({"commitUrl": f"{hub.url}/{ns}/{name}/commit/{oid}", "commitOid": oid, "success": True})
+
             def do_POST(self) -> None:
                 hub.requests.append("POST " + self.path)
+                hub.auth.append(("POST " + self.path, self.headers.get("Authorization")))
                 url = urlparse(self.path)
                 parts = [unquote(s) for s in url.path.strip("/").split("/")]
+                if parts == ["api", "repos", "create"]:
+                    return self._create_repo()
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("preupload", "commit"):
+                    if self._user() is None:
+                        return None
+                    repo = self._model_repo(parts[2], parts[3])
+                    if repo is None:
+                        return None
+                    return self._preupload(repo) if parts[4] == "preupload" else self._commit(repo, parts[2], parts[3])
                 if parts[:2] != ["api", "datasets"] or "paths-info" not in parts:
                     return self._not_found()
                 found = self._repo(parts[2:])
@@ -83,8 +161,17 @@ class FakeHub:
 
             def _handle(self, body: bool) -> None:
                 hub.requests.append(self.command + " " + self.path)
+                hub.auth.append((self.command + " " + self.path, self.headers.get("Authorization")))
                 url = urlparse(self.path)
                 parts = [unquote(s) for s in url.path.strip("/").split("/")]
+                if parts[:2] == ["api", "models"] and len(parts) in (4, 6):  # model repo info
+                    repo = self._model_repo(parts[2], parts[3])
+                    if repo is None:
+                        return None
+                    siblings = [{"rfilename": p.relative_to(repo).as_posix()} for p in sorted(repo.rglob("*"))
+                                if p.is_file() and p.name != ".visibility"]
+                    private = (repo / ".visibility").read_text() == "private"
+                    return self._json({"id": f"{parts[2]}/{parts[3]}", "sha": SHA, "private": private, "siblings": siblings})
                 if parts[:2] == ["api", "datasets"]:
                     found = self._repo(parts[2:])
                     if found is None:

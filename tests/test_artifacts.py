@@ -19,7 +19,7 @@ from flows.report import TAGS, publish_markdown, publish_table, run_name, tags_f
 pytestmark = pytest.mark.timeout(300)
 
 FLOW_NAMES = ("scrape-wikipedia", "scrape-britannica", "scrape-youtube", "wiki-dump", "unparquet", "merge", "tokenize",
-              "train", "pipeline", "demo")
+              "train", "export", "pipeline", "demo")
 
 
 def _prose(n: int, seed: int) -> list[str]:
@@ -207,4 +207,4 @@ def test_every_flow_has_source_or_stage_tags():
     assert {t for n in FLOW_NAMES for t in tags_for(n) if t.startswith("source:")} == {
         "source:wikipedia", "source:britannica", "source:youtube", "source:wiki-dump", "source:parquet", "source:pydoc"}
     assert {t for n in FLOW_NAMES for t in tags_for(n) if t.startswith("stage:")} == {
-        "stage:gather", "stage:process", "stage:tokenize", "stage:train"}
+        "stage:gather", "stage:process", "stage:tokenize", "stage:train", "stage:export"}

@@ -133,6 +133,7 @@ WRITERS = {
     "merge": (["in.parquet"], "--out"),
     "tokenize": (["in.parquet"], "--out"),
     "train": (["--data", "tokens"], "--run"),
+    "export": (["run"], "--out"),
 }
 
 
@@ -179,3 +180,24 @@ def test_list_files_for_queries_and_channels(tmp_path):
             read(str(tmp_path / "empty.txt"))
         with pytest.raises(CookError, match=f"^{kind} file is not UTF-8 text: .*latin1.txt"):
             read(str(tmp_path / "latin1.txt"))
+
+
+def test_quiet_console_and_log_file(cook, cook_env, tmp_path):
+    """By default the console shows each flow's summary, not the engine's lines nor every training step; those go to
+    DATA_DIR/logs/cook.log (and the UI) always, and to the console with --verbose."""
+    from chardata import make_char_data
+
+    data = make_char_data(tmp_path / "tokens", n_words=800)
+    env = {k: v for k, v in cook_env.items() if k != "COOK_VERBOSE"}
+    args = ["train", "--data", str(data), "--run", str(tmp_path / "run"), "--iters-per-chunk", "12", "--eval-iters", "2"]
+    quiet = cook(args, env=env)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    out = quiet.stdout + quiet.stderr
+    assert "wsd schedule" in out and "chunk 1 done: val loss" in out and f"run: {tmp_path / 'run'}" in out  # summaries
+    assert "chunk 1 iter 10:" not in out and "Beginning flow run" not in out and "Finished in state" not in out
+    log = (Path(cook_env["COOK_DATA_DIR"]) / "logs" / "cook.log").read_text()
+    assert "chunk 1 iter 10:" in log and "Beginning flow run 'train tiny: 1 chunks x 12 iters" in log
+
+    loud = cook(["--verbose", *args[:-4], "--iters-per-chunk", "12", "--eval-iters", "2", "--chunks", "2"], env=env)
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "chunk 2 iter 20:" in loud.stdout + loud.stderr

@@ -43,6 +43,37 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     assert clean_stale_temps(tmp_path) == 1
 
 
+_MODES_SCRIPT = """
+import os, sys
+import numpy as np
+from pathlib import Path
+from model.atomic import atomic_dir, atomic_write_text
+from model.shards import ShardWriter
+os.umask(int(sys.argv[2], 8))
+root = Path(sys.argv[1])
+atomic_write_text(root / "file.txt", "x")
+with atomic_dir(root / "folder") as d:
+    atomic_write_text(d / "inner.json", "{}")
+    (d / "sub").mkdir()
+    with ShardWriter(d / "sub", "train", np.uint16, 3) as w:
+        w.add(np.arange(5))
+"""
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [("022", 0o644, 0o755), ("027", 0o640, 0o750)])
+def test_atomic_writes_get_ordinary_modes(tmp_path, umask, file_mode, dir_mode):
+    """Temp files are made 0600 (mkstemp) / 0700 (mkdtemp); what lands is 0666 / 0777 less the umask."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _MODES_SCRIPT, str(tmp_path), umask], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes == {"file.txt": file_mode, "folder": dir_mode, "folder/inner.json": file_mode, "folder/sub": dir_mode,
+                     "folder/sub/train_000000.bin": file_mode, "folder/sub/train_000001.bin": file_mode}
+
+
 def _docs(n, prefix="doc"):
     return [{"id": f"{prefix}-{i}", "source": "test", "url": f"https://example.org/{i}", "title": f"T{i}",
              "text": f"text {i} ünïcödé 🙂 " * (i + 1), "fetched_at": None} for i in range(n)]

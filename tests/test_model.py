@@ -100,6 +100,19 @@ def test_sampling_filters():
     assert {sample_next(logits, top_p=0.9, generator=g).item() for _ in range(300)} == {0, 1}
 
 
+def test_top_p_exact_tie_keeps_the_fewest_tokens():
+    """Top-p keeps the fewest most likely tokens whose mass reaches top_p: when the first k already sum to exactly
+    top_p, the (k+1)-th is dropped (it used to be kept). Equal logits give exact float probabilities (1/2, 1/4)."""
+    g = torch.Generator().manual_seed(0)
+    halves = torch.tensor([[0.0, 0.0]])  # p = 0.5, 0.5: the first alone reaches 0.5
+    assert {sample_next(halves, top_p=0.5, generator=g).item() for _ in range(200)} == {0}  # ties: lower id first
+    quarters = torch.zeros(3, 4)  # p = 0.25 each, three rows at once
+    picks = sample_next(quarters.repeat(100, 1), top_p=0.5, generator=g)
+    assert set(picks.flatten().tolist()) == {0, 1}
+    # just above the tie, one more token is needed and kept
+    assert {sample_next(halves, top_p=0.5 + 1e-6, generator=g).item() for _ in range(200)} == {0, 1}
+
+
 @pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
 def test_bad_sampling_arguments(kw):
     with pytest.raises(CookError):

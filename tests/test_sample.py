@@ -40,3 +40,34 @@ def test_sample_bad_target(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CookError, match="no checkpoint found"):
         sample_text(str(tmp_path / "empty"), prompt="x", max_new_tokens=3)
+
+
+def test_decode_gives_whole_characters():
+    """A byte-level BPE splits rare multi-byte characters across tokens; decoding any prefix of the ids (a sample
+    cut anywhere) gives whole characters only, never U+FFFD, and a character left unfinished is dropped."""
+    from model.tokenizer import train_bpe
+
+    text = "a price of 12 € in 日本, 😀 and café. "
+    tok = train_bpe(["the cat sat on the mat. " * 50 + "café " * 20 + text], 280)  # few merges: rare characters stay split
+    ids = tok.encode(text)
+    partial = [i for i in ids if not _is_utf8(tok.decode_bytes([i]))]
+    assert len(partial) >= 6  # tokens holding part of a character: "€", "日", "本" and "😀" are split
+    for k in range(len(ids) + 1):
+        raw = tok.decode_bytes(ids[:k])
+        whole = ""  # the longest prefix of the text that the bytes so far hold whole
+        for ch in text:
+            if len((whole + ch).encode()) > len(raw):
+                break
+            whole += ch
+        assert tok.decode(ids[:k]) == whole, k
+    assert tok.decode(ids) == text
+    # a character the model starts and never finishes is dropped; what follows stays
+    assert tok.decode(tok.encode("€")[:1] + tok.encode(" ok")) == " ok"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False

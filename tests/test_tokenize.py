@@ -1,8 +1,10 @@
-"""Tokenize stage: exact round trips, llm.c shard layout, val split, tokenizer reuse, caching, bad input."""
+"""Tokenize stage: exact round trips, llm.c shard layout, val split, bytes per split, the bigram baseline,
+tokenizer reuse, caching, bad input."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import subprocess
 import sys
 import textwrap
@@ -12,9 +14,11 @@ import numpy as np
 import pytest
 from prefect import flow
 
+from chardata import make_char_data
 from flows.tokenize import tokenize_flow
+from model.baseline import KneserNeyBigram, bigram_baseline, bits_per_byte
 from model.errors import CookError
-from model.shards import HEADER_INTS, ShardWriter, list_shards, load_meta, read_shard, write_shard
+from model.shards import HEADER_INTS, ShardStream, ShardWriter, list_shards, load_meta, read_shard, write_shard
 from model.tokenizer import (
     EOT,
     R50K_SHA256,
@@ -25,7 +29,7 @@ from model.tokenizer import (
     tiktoken_cache_path,
 )
 from tasks.corpus.documents import write_documents
-from tasks.corpus.tokenize import check_tokenize_args, tokenize_corpus, tokenize_task
+from tasks.corpus.tokenize import _val_hash, check_tokenize_args, tokenize_corpus, tokenize_task
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +165,81 @@ def test_single_document_corpus_splits_its_tokens(tmp_path):
     tok = load_tokenizer(out)
     assert tok.decode(np.concatenate([train, val])) == "only one document here, " * 100 + EOT
     assert meta["splits"]["val"]["tokens"] == val.size
+
+
+# ---- bytes per split, bigram baseline -----------------------------------------------------------
+
+
+def _nbytes(texts) -> int:
+    return sum(len(t.encode("utf-8")) for t in texts)
+
+
+def test_meta_records_each_splits_text_bytes(tmp_path):
+    """meta bytes = UTF-8 bytes of the documents the task put in each split (by its hash rule), also when
+    the last document is moved to val and when one document's tail becomes val."""
+    files = _corpus(tmp_path)
+    docs = TEXTS + [TXT]
+    out = tokenize_corpus(files, "gpt2", tmp_path / "out", None, 0.3, "auto", 64, 2)
+    meta = load_meta(out)
+    to_val = [_val_hash(d.encode("utf-8")) < 0.3 for d in docs]
+    assert 0 < sum(to_val) < len(docs)  # both splits hold documents by the hash rule
+    for split, want in (("train", [d for d, v in zip(docs, to_val) if not v]), ("val", [d for d, v in zip(docs, to_val) if v])):
+        assert _split_docs(out, split)[0] == want
+        assert meta["splits"][split]["bytes"] == _nbytes(want) > 0
+
+    moved = load_meta(tokenize_corpus(files, "gpt2", tmp_path / "moved", None, 0.0, "auto", 1000, 2))
+    assert (moved["splits"]["train"]["bytes"], moved["splits"]["val"]["bytes"]) == (_nbytes(TEXTS), _nbytes([TXT]))
+
+    text = "ünïcödé one document, " * 50
+    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+    for encoding in ("char", "gpt2"):  # one document: its tail is val, its bytes split where its tokens are
+        one = tokenize_corpus([tmp_path / "one.txt"], encoding, tmp_path / encoding, None, 0.005, "auto", 1000, 2)
+        split = load_meta(one)["splits"]
+        assert split["train"]["bytes"] + split["val"]["bytes"] == _nbytes([text]) and split["val"]["bytes"] > 0
+        if encoding == "char":
+            val_text = load_tokenizer(one).decode(np.asarray(read_shard(list_shards(one, "val")[0]))[:-1])  # eot dropped
+            assert split["val"]["bytes"] == _nbytes([val_text])
+
+
+def test_bigram_probabilities_sum_to_one():
+    V = 50
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 30, 2000)  # ids 30..49 never occur
+    model = KneserNeyBigram(V).fit(np.array_split(train, 7))
+    whole = KneserNeyBigram(V).fit([train])
+    assert np.array_equal(model.keys, whole.keys) and np.array_equal(model.counts, whole.counts)  # pairs across pieces
+    assert model.tokens == 2000 and model.counts.sum() == 1999
+    for a in (int(train[0]), int(train[-1]), 29, 31, 49):  # seen contexts, one never a context, unseen ids
+        p = model.probs(a)
+        assert p.sum() == pytest.approx(1.0, abs=1e-12) and (p > 0).all()
+    assert model.probs(3)[:30].min() > model.probs(3)[30:].max()  # seen ids above unseen ones
+
+
+def test_bigram_beats_unigram_on_held_out_text(tmp_path):
+    data = make_char_data(tmp_path / "chars", n_words=4000)
+    meta = load_meta(data)
+    train, val = ShardStream(list_shards(data, "train")), ShardStream(list_shards(data, "val"))
+    b = bigram_baseline(train, val, meta["vocab_size"], 1234)
+    ids = lambda s: np.concatenate(list(s.chunks(1 << 20))).astype(np.int64)  # noqa: E731
+    counts = np.bincount(ids(train), minlength=meta["vocab_size"]) + 1.0  # add-one unigram
+    unigram = -np.log(counts / counts.sum())[ids(val)[1:]].mean()
+    assert 0 < b["val_loss"] < 0.9 * unigram
+    assert b["val_tokens"] == val.tokens - 1 and b["train_tokens"] == train.tokens
+    assert b["val_bpb"] == pytest.approx(b["val_loss"] * val.tokens / 1234 / math.log(2))
+    assert bits_per_byte(math.log(2), 10, 10) == 1.0 and bits_per_byte(1.0, 3, 6) == pytest.approx(0.5 / math.log(2))
+    limited = bigram_baseline(train, val, meta["vocab_size"], 1234, fit_tokens=100, score_tokens=50)
+    assert (limited["train_tokens"], limited["val_tokens"]) == (100, 49)
+
+
+def test_meta_baseline_is_the_bigram_of_the_shards(tmp_path):
+    out = tokenize_corpus(_corpus(tmp_path), "char", tmp_path / "out", None, 0.3, "auto", 40, 2)
+    meta = load_meta(out)
+    base = meta["baseline"]["bigram"]
+    again = bigram_baseline(ShardStream(list_shards(out, "train")), ShardStream(list_shards(out, "val")), meta["vocab_size"],
+                            meta["splits"]["val"]["bytes"])
+    assert base == again and base["method"] == "interpolated Kneser-Ney bigram, d=0.75"
+    assert base["val_bpb"] == pytest.approx(bits_per_byte(base["val_loss"], meta["splits"]["val"]["tokens"], meta["splits"]["val"]["bytes"]))
+    assert base["train_tokens"] == meta["splits"]["train"]["tokens"] and base["val_tokens"] == meta["splits"]["val"]["tokens"] - 1
 
 
 # ---- tokenizer reuse, caching -------------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,14 +23,18 @@ from model.checkpoint import load_model_file, read_state
 from model.dataloader import TokenBatches, derive_seed
 from model.errors import CookError
 from model.gpt import GPT, GPTConfig
-from model.train import lr_at, prepare_run, read_run, train_worker
+from model.schedule import Schedule
+from model.train import ChunkOptions, RunSpec, lr_at, pre_cooldown_checkpoint, prepare_run, read_run, train_worker
 from tasks.training.train import check_train_args
 
 REPO = Path(__file__).resolve().parents[1]
 REF_TAG = new_tag()  # marks the reference run's flow run
-# the reference run: 3 chunks; the subprocess test must use the very same flags
-CHUNKS, ITERS, SEED = 3, 60, 7
-FLAGS = ["--chunks", CHUNKS, "--iters-per-chunk", ITERS, "--seed", SEED, "--eval-interval", ITERS, "--eval-iters", 4]
+# the reference run: 3 chunks, dropout on (so a resume must replay the dropout masks); the subprocess test must use
+# the very same flags
+CHUNKS, ITERS, SEED, DROPOUT = 3, 60, 7, 0.1
+FLAGS = ["--chunks", CHUNKS, "--iters-per-chunk", ITERS, "--seed", SEED, "--eval-interval", ITERS, "--eval-iters", 4,
+         "--dropout", DROPOUT]
+PRE = "chunk_000003-iter_0000144"  # where the reference run's cooldown starts (the last 20% of 180 iterations)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -60,7 +65,7 @@ def ref_run(data, tmp_path_factory, prefect_api) -> Path:
     run = tmp_path_factory.mktemp("ref") / "run"
     with prefect.tags(REF_TAG):
         train_flow(data=str(data), run=str(run), preset="tiny", chunks=CHUNKS, iters_per_chunk=ITERS, seed=SEED,
-                   eval_interval=ITERS, eval_iters=4)
+                   eval_interval=ITERS, eval_iters=4, dropout=DROPOUT)
     return run
 
 
@@ -85,14 +90,14 @@ def test_batches_are_stateless(data):
 
 
 def test_three_chunks_checkpoints_seeds_lr(ref_run):
-    assert chunk_dirs(ref_run) == ["chunk_000001", "chunk_000002", "chunk_000003"]
+    assert chunk_dirs(ref_run) == ["chunk_000001", "chunk_000002", "chunk_000003", PRE]
     ck = ref_run / "checkpoints"
     for name in chunk_dirs(ref_run):
         load_file(ck / name / "model.safetensors")  # plain safetensors, no pickle
         assert "transformer.h.0.attn.c_attn.weight.exp_avg" in load_file(ck / name / "optimizer.safetensors")
         cfg = json.loads((ck / name / "config.json").read_text())
         assert cfg["model"]["n_layer"] == 2 and cfg["tokenizer"]["encoding"] == "char" and cfg["data"]["fingerprint"]
-    states = [read_state(ck / n) for n in chunk_dirs(ref_run)]
+    states = [read_state(ck / n) for n in chunk_dirs(ref_run) if "-iter_" not in n]
     assert [s["iteration"] for s in states] == [ITERS, 2 * ITERS, 3 * ITERS]
     seeds = [s["chunk_seed"] for s in states]
     assert len(set(seeds)) == 3 and states[-1]["chunk_seeds"] == {str(i + 1): s for i, s in enumerate(seeds)}
@@ -103,29 +108,47 @@ def test_three_chunks_checkpoints_seeds_lr(ref_run):
     assert (ref_run / "tokenizer" / "tokenizer.json").is_file()
     best = json.loads((ck / "best.json").read_text())
     assert best["name"] in chunk_dirs(ref_run)
+    from model.atomic import current_umask
+
+    for f in ("model.safetensors", "optimizer.safetensors", "state.json"):  # readable by others, as open() would make them
+        assert stat.S_IMODE((ck / "chunk_000001" / f).stat().st_mode) == 0o666 & ~current_umask(), f
 
     assert info["total_iters"] == CHUNKS * ITERS and info["seed"] == SEED and info["tokenizer"]["encoding"] == "char"
+    assert info["model"]["dropout"] == DROPOUT and info["sampler"] == "epoch" and info["schedule"]["kind"] == "wsd"
+    assert pre_cooldown_checkpoint(info) == (144, PRE) and read_state(ck / PRE)["iteration"] == 144
     train = [r for r in metrics(ref_run) if r["kind"] == "train"]
     iters = [r["iter"] for r in train]
     assert ITERS in iters and ITERS + 1 in iters and 2 * ITERS in iters and 2 * ITERS + 1 in iters  # both sides of each boundary
+    sched = Schedule.from_run(info)
     for r in train:  # one schedule over the whole run, never restarted at a chunk
-        assert r["lr"] == pytest.approx(lr_at(r["iter"] - 1, tc["warmup_iters"], info["total_iters"], tc["learning_rate"], tc["min_lr"]))
+        assert r["lr"] == pytest.approx(sched.lr_at(r["iter"] - 1, CHUNKS * ITERS))
+    assert {r["lr"] for r in train if tc["warmup_iters"] < r["iter"] <= 144} == {tc["learning_rate"]}  # stable
+    assert train[-1]["lr"] < 0.2 * tc["learning_rate"]  # cooled down
     by_iter = {r["iter"]: r["lr"] for r in train}
     step = abs(by_iter[ITERS + 1] - by_iter[ITERS])
     assert step < 0.05 * tc["learning_rate"]
     evals = [r for r in metrics(ref_run) if r["kind"] == "eval"]
     assert [(r["chunk"], r["iter"]) for r in evals] == [(1, ITERS), (2, 2 * ITERS), (3, 3 * ITERS)]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert all(r["val_bpb"] == pytest.approx(r["val_loss"] * r_bytes_ratio(ref_run, "val")) for r in evals)
+    assert [r["epochs"] for r in evals] == sorted(r["epochs"] for r in evals) and evals[0]["epochs"] > 0
 
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         arts = artifacts_of(client, tagged_flow_runs(client, REF_TAG), "train-chunk-2")
-    assert len(arts) == 1 and "| iter | train loss | val loss | lr |" in arts[0].data
+    assert len(arts) == 1 and "| iter | train loss | val loss | val bits/byte | epoch | lr |" in arts[0].data
+
+
+def r_bytes_ratio(run: Path, split: str) -> float:
+    """Tokens per byte / ln 2 of a split of the run's data: val_bpb = val_loss * this."""
+    meta = json.loads((Path(read_run(run)["data"]["dir"]) / "meta.json").read_text())["splits"][split]
+    return meta["tokens"] / meta["bytes"] / math.log(2)
 
 
 def test_extend_rerun_and_retention(ref_run, tmp_path):
-    """More chunks later: the schedule keeps its length (min_lr after it); a finished run re-runs as a no-op."""
+    """More chunks later: the run goes back to where it started cooling down and trains on at the full rate; a
+    finished run re-runs as a no-op; no kept iteration's learning rate changes."""
     from flows.train import train_flow
 
     run = tmp_path / "run"
@@ -136,29 +159,60 @@ def test_extend_rerun_and_retention(ref_run, tmp_path):
     before = len(metrics(run))
     train_flow(chunks=CHUNKS, **kw)  # nothing left to do
     train_flow(chunks=1, **kw)  # nor with fewer chunks than recorded
-    assert len(metrics(run)) == before and chunk_dirs(run) == ["chunk_000001", "chunk_000002", "chunk_000003"]
+    assert len(metrics(run)) == before and chunk_dirs(run) == ["chunk_000001", "chunk_000002", "chunk_000003", PRE]
 
     train_flow(chunks=CHUNKS + 1, **kw)
     info = read_run(run)
-    assert info["chunks"] == CHUNKS + 1 and info["total_iters"] == CHUNKS * ITERS
-    new = [r for r in metrics(run) if r["kind"] == "train" and r["chunk"] == CHUNKS + 1]
-    assert new and all(r["lr"] == info["train"]["min_lr"] for r in new)
-    old = [r for r in metrics(run) if r.get("chunk", 0) <= CHUNKS]
-    assert old == metrics(ref_run)  # the past is untouched
+    assert info["chunks"] == CHUNKS + 1 and info["total_iters"] == (CHUNKS + 1) * ITERS
+    # the cooled chunk 3 is set aside, whole; training went on from iteration 144
+    assert same_tensors(run / "cooled" / "chunk_000003" / "model.safetensors", ref_run / "checkpoints" / "chunk_000003" / "model.safetensors")
+    lrs = {r["iter"]: r["lr"] for r in metrics(run) if r["kind"] == "train"}
+    ref_lrs = {r["iter"]: r["lr"] for r in metrics(ref_run) if r["kind"] == "train"}
+    assert all(lrs[i] == ref_lrs[i] for i in ref_lrs if i <= 144)  # the past before the cooldown is untouched
+    assert [r for r in metrics(run) if r["iter"] <= 144] == [r for r in metrics(ref_run) if r["iter"] <= 144]
+    sched = Schedule.from_run(info)
+    assert all(lr == pytest.approx(sched.lr_at(i - 1, (CHUNKS + 1) * ITERS)) for i, lr in lrs.items())
+    assert lrs[180] == info["train"]["learning_rate"]  # no longer cooled at the old end
     best = json.loads((run / "checkpoints" / "best.json").read_text())["name"]
-    assert set(chunk_dirs(run)) == {"chunk_000003", "chunk_000004", best}  # keep last 2 + best
+    assert set(chunk_dirs(run)) == {"chunk_000003", "chunk_000004", "chunk_000004-iter_0000192", best}  # last 2, best, pre-cooldown
+
+
+def test_one_chunk_extended_to_three_is_three_planned(ref_run, data, tmp_path):
+    """Plan 1 chunk (it cools down at its end), then ask for 3: the run goes back to its pre-cooldown checkpoint,
+    and ends bit-identical to the reference run planned for 3 chunks from the start."""
+    from flows.train import train_flow
+
+    run = tmp_path / "run"
+    kw = dict(data=str(data), run=str(run), preset="tiny", iters_per_chunk=ITERS, seed=SEED, eval_interval=ITERS,
+              eval_iters=4, dropout=DROPOUT)
+    train_flow(chunks=1, **kw)
+    short = {r["iter"]: r["lr"] for r in metrics(run) if r["kind"] == "train"}
+    assert short[ITERS] < 0.2 * read_run(run)["train"]["learning_rate"]  # chunk 1 ended cooled down
+    cooled = load_file(run / "checkpoints" / "chunk_000001" / "model.safetensors")
+    train_flow(chunks=CHUNKS, **kw)
+    assert load_file(run / "cooled" / "chunk_000001" / "model.safetensors").keys() == cooled.keys()
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        for name in ("chunk_000001", "chunk_000002", "chunk_000003"):
+            assert same_tensors(run / "checkpoints" / name / f, ref_run / "checkpoints" / name / f), (name, f)
+    assert [r for r in metrics(run) if r["kind"] == "eval"] == [r for r in metrics(ref_run) if r["kind"] == "eval"]
+    ref_train = {r["iter"]: (r["loss"], r["lr"]) for r in metrics(ref_run) if r["kind"] == "train"}
+    train = {r["iter"]: (r["loss"], r["lr"]) for r in metrics(run) if r["kind"] == "train"}
+    assert all(train[i] == ref_train[i] for i in set(train) & set(ref_train)) and len(set(train) & set(ref_train)) > 10
+    # no kept iteration's learning rate changed: those before the old cooldown start (iteration 48) are as they were
+    lrs = {r["iter"]: r["lr"] for r in metrics(run) if r["kind"] == "train"}
+    assert all(lrs[i] == short[i] for i in short if i <= 48) and lrs[ITERS] == read_run(run)["train"]["learning_rate"]
 
 
 def test_bad_inputs_plain(ref_run, data, tmp_path):
     with pytest.raises(CookError, match=r"^--iters-per-chunk 6000 is above 5000: split training into more chunks$"):
-        check_train_args(data=str(data), run=str(tmp_path / "r"), iters_per_chunk=6000)
+        check_train_args(str(data), str(tmp_path / "r"), RunSpec(iters_per_chunk=6000), ChunkOptions())
     with pytest.raises(CookError, match="positive integer"):
-        check_train_args(data=str(data), run=str(tmp_path / "r"), chunks=0)
+        check_train_args(str(data), str(tmp_path / "r"), RunSpec(chunks=0), ChunkOptions())
 
     # truncated and garbage safetensors
     run = tmp_path / "run"
     shutil.copytree(ref_run, run)
-    model_file = run / "checkpoints" / "chunk_000003" / "model.safetensors"
+    model_file = run / "checkpoints" / PRE / "model.safetensors"  # extending resumes from the pre-cooldown one
     model_file.write_bytes(model_file.read_bytes()[:-100])
     with pytest.raises(CookError, match=re.escape(f"{model_file}: truncated or corrupt safetensors file")):
         train_worker(str(data), str(run), chunks=CHUNKS + 1, iters_per_chunk=ITERS, seed=SEED, eval_iters=2)
@@ -172,19 +226,23 @@ def test_bad_inputs_plain(ref_run, data, tmp_path):
         load_model_file(ref_run / "checkpoints" / "chunk_000003" / "model.safetensors", other)
     # resuming with another preset / other flags
     with pytest.raises(CookError, match="created with preset tiny, not bench"):
-        prepare_run(data, ref_run, "bench", CHUNKS, ITERS, SEED)
+        prepare_run(data, ref_run, RunSpec("bench", CHUNKS, ITERS, SEED))
     with pytest.raises(CookError, match="created with --iters-per-chunk 60, not 50"):
-        prepare_run(data, ref_run, "tiny", CHUNKS, 50, SEED)
+        prepare_run(data, ref_run, RunSpec("tiny", CHUNKS, 50, SEED))
     with pytest.raises(CookError, match="created with --lr"):
-        prepare_run(data, ref_run, "tiny", CHUNKS, ITERS, SEED, learning_rate=0.5)
+        prepare_run(data, ref_run, RunSpec("tiny", CHUNKS, ITERS, SEED, learning_rate=0.5))
+    with pytest.raises(CookError, match="created with --cooldown 0.2, not 10"):
+        prepare_run(data, ref_run, RunSpec("tiny", CHUNKS, ITERS, SEED, cooldown=10))
+    with pytest.raises(CookError, match="created with --schedule wsd, not cosine"):
+        prepare_run(data, ref_run, RunSpec("tiny", CHUNKS, ITERS, SEED, schedule="cosine"))
     # the same tokenizer but other tokens: no resume (that is what --init-from is for)
     moved = make_char_data(tmp_path / "other-tokens", seed=1)
     with pytest.raises(CookError, match="not the data run .* was trained on"):
-        prepare_run(moved, ref_run, "tiny", CHUNKS, ITERS, SEED)
+        prepare_run(moved, ref_run, RunSpec("tiny", CHUNKS, ITERS, SEED))
     # a checkpoint written under another model config than the run's
     run2 = tmp_path / "run2"
     shutil.copytree(ref_run, run2)
-    cfg_path = run2 / "checkpoints" / "chunk_000003" / "config.json"
+    cfg_path = run2 / "checkpoints" / PRE / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["n_layer"] = 3
     cfg_path.write_text(json.dumps(cfg))
@@ -199,9 +257,9 @@ def test_init_from(ref_run, data, tmp_path):
     # refuses data tokenized with another vocabulary, and a model of another shape
     other = make_char_data(tmp_path / "other-vocab", seed=0, extra_chars="XYZ")
     with pytest.raises(CookError, match="tokenized differently"):
-        prepare_run(other, tmp_path / "bad", "tiny", 1, 5, init_from=ckpt)
+        prepare_run(other, tmp_path / "bad", RunSpec("tiny", 1, 5, init_from=str(ckpt)))
     with pytest.raises(CookError, match="model config does not match preset bench"):
-        prepare_run(data, tmp_path / "bad2", "bench", 1, 5, init_from=ckpt)
+        prepare_run(data, tmp_path / "bad2", RunSpec("bench", 1, 5, init_from=str(ckpt)))
     assert not (tmp_path / "bad" / "run.json").exists() and not (tmp_path / "bad2" / "run.json").exists()
 
     # continued training on new data with the same tokenizer: trained weights, fresh optimizer and schedule
@@ -212,7 +270,8 @@ def test_init_from(ref_run, data, tmp_path):
     info = read_run(run)
     assert info["init_from"] == str(ckpt.resolve()) and info["total_iters"] == 5
     first = metrics(run)[0]
-    assert first["iter"] == 1 and first["lr"] == pytest.approx(lr_at(0, info["train"]["warmup_iters"], 5, info["train"]["learning_rate"], info["train"]["min_lr"]))
+    assert info["schedule"]["warmup"] == 4  # the preset's 20 clipped to the cooldown start of a 5-iteration run
+    assert first["iter"] == 1 and first["lr"] == pytest.approx(Schedule.from_run(info).lr_at(0, 5))
     ref_first = metrics(ref_run)[0]
     assert first["loss"] < ref_first["loss"] - 0.5  # starts from trained weights
     assert load_file(run / "checkpoints" / "chunk_000001" / "optimizer.safetensors")["transformer.wte.weight.step"].item() == 5
@@ -287,9 +346,13 @@ def _kill_term_finish(start, run: Path, ref_run: Path) -> None:
     out = log.read_text()
     first = re.search(r"chunk 3 iter (\d+):", out)
     assert first and int(first.group(1)) == saved + 1  # resumed mid-chunk
-    assert chunk_dirs(run) == ["chunk_000001", "chunk_000002", "chunk_000003"]  # the mid-chunk one is pruned
+    assert set(chunk_dirs(run)) == {"chunk_000001", "chunk_000002", "chunk_000003", PRE}  # the SIGTERM one is pruned
     for f in ("model.safetensors", "optimizer.safetensors"):
         assert same_tensors(run / "checkpoints" / "chunk_000003" / f, ref_run / "checkpoints" / "chunk_000003" / f)
+    # the RNG states were restored, not only saved: torch's and numpy's end where the reference run's did (python's
+    # `random` is also drawn from by Prefect's threads in the reference process, so it is not compared)
+    rng, ref_rng = (read_state(r / "checkpoints" / "chunk_000003")["rng"] for r in (run, ref_run))
+    assert rng["torch"] == ref_rng["torch"] and rng["numpy"] == ref_rng["numpy"]
     iters = [r["iter"] for r in metrics(run) if r["kind"] == "train"]
     assert iters == sorted(set(iters)) and set(iters) >= {r["iter"] for r in metrics(ref_run) if r["kind"] == "train"}
     assert [r for r in metrics(run) if r["kind"] == "eval"] == [r for r in metrics(ref_run) if r["kind"] == "eval"]

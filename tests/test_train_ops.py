@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import read_state
 from model.errors import CookError
+from model.train import ChunkOptions, RunSpec
 from tasks.training.train import check_train_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def test_loss_curve_png_and_artifacts(data, tmp_path):
     md = {a.key: a.data for a in arts if a.type == "markdown"}
     assert set(md) >= {"train-chunk-1", "train-chunk-2"}
     assert f"![loss curve]({latest.data})" in md["train-chunk-2"]
-    assert "| iter | train loss | val loss | lr |" in md["train-chunk-2"]
+    assert "| iter | train loss | val loss | val bits/byte | epoch | lr |" in md["train-chunk-2"]
 
     # a finished run re-run: nothing trained, the curve is drawn and published once for that flow run
     again = train_flow(data=str(data), run=str(run), preset="tiny", chunks=2, iters_per_chunk=6, seed=3, eval_interval=3,
@@ -124,7 +125,7 @@ def test_plotting_never_fails_training(data, tmp_path):
     state = train_flow(data=str(data), run=str(run), preset="tiny", chunks=1, iters_per_chunk=3, seed=3, eval_interval=3,
                        eval_iters=2, return_state=True)
     assert state.is_completed(), state
-    assert _chunk_dirs(run) == ["chunk_000001"] and (run / "loss.png").is_dir()
+    assert _chunk_dirs(run) == ["chunk_000001", "chunk_000001-iter_0000002"] and (run / "loss.png").is_dir()  # + where the cooldown starts
     arts = _artifacts(state.state_details.flow_run_id)
     assert not [a for a in arts if a.type == "image"]
     md = [a.data for a in arts if a.type == "markdown" and a.key == "train-chunk-1"]
@@ -149,13 +150,13 @@ def test_plotting_never_fails_training(data, tmp_path):
 
 def test_gpus_bad_values(data, tmp_path, cook):
     with pytest.raises(CookError, match=r"^--gpus must be a positive integer \(got 0\)$"):
-        check_train_args(data=str(data), run=str(tmp_path / "r"), gpus=0)
+        check_train_args(str(data), str(tmp_path / "r"), RunSpec(), ChunkOptions(), gpus=0)
     if torch.cuda.device_count() < 2:
         with pytest.raises(CookError, match=r"^--gpus 2: only \d CUDA devices? visible$"):
-            check_train_args(data=str(data), run=str(tmp_path / "r"), device="cuda", gpus=2)
+            check_train_args(str(data), str(tmp_path / "r"), RunSpec(), ChunkOptions(device="cuda"), gpus=2)
     with pytest.raises(CookError, match=r"^--grad-accum 1 is not a multiple of --gpus 2 .*: pass --grad-accum 2$"):
-        check_train_args(data=str(data), run=str(tmp_path / "r"), device="cpu", gpus=2)  # tiny's default grad_accum is 1
-    check_train_args(data=str(data), run=str(tmp_path / "r"), device="cpu", gpus=2, grad_accum=4)
+        check_train_args(str(data), str(tmp_path / "r"), RunSpec(), ChunkOptions(device="cpu"), gpus=2)  # tiny's default grad_accum is 1
+    check_train_args(str(data), str(tmp_path / "r"), RunSpec(grad_accum=4), ChunkOptions(device="cpu"), gpus=2)
     r = cook(["train", "--data", str(data), "--run", str(tmp_path / "r"), "--gpus", "-1"])
     assert r.returncode == 2 and r.stderr.strip() == "error: --gpus must be a positive integer (got -1)"
 
@@ -171,7 +172,7 @@ def test_gpus_cli_matches_hand_torchrun(data, tmp_path, cook, cook_env):
     assert f"run: {run}" in r.stdout
     assert "launching 2 processes (gloo) with torchrun" in r.stdout + r.stderr
     assert "chunk 2 iter 8: eval train loss" in r.stdout + r.stderr  # rank 0's log, streamed into the run's log
-    assert _chunk_dirs(run) == ["chunk_000001", "chunk_000002"]
+    assert _chunk_dirs(run) == ["chunk_000001", "chunk_000002", "chunk_000002-iter_0000006"]  # + the cooldown start
     for name, it in (("chunk_000001", 4), ("chunk_000002", 8)):
         state = read_state(run / "checkpoints" / name)
         assert state["world_size"] == 2 and state["iteration"] == it

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model.atomic import make_readable
 from model.errors import CookError
 
 # Required columns, in order. Sources may add `license` and any extra columns after these.
@@ -158,6 +159,7 @@ class DocumentWriter:
         self.row_group_size = row_group_size
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        make_readable(fd)  # 0644 under the usual umask, not mkstemp's 0600
         os.close(fd)
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
         self._rows: list[dict] = []

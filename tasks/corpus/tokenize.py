@@ -2,6 +2,8 @@
 
 Shard content is `doc1 eot doc2 eot ...`. Documents go to val by a hash of their text (so the split is
 deterministic and stable when documents are added), and val always holds at least one document.
+meta.json records each split's UTF-8 bytes of text (for bits per byte) and a smoothed bigram baseline fitted
+on train and scored on val (model/baseline.py), read back from the shards once they are written.
 The output folder is built beside `out` and renamed into place at the end: it is whole or absent.
 """
 
@@ -18,8 +20,9 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from model.atomic import atomic_dir
+from model.baseline import baseline_work, bigram_baseline
 from model.errors import CookError
-from model.shards import ShardWriter, dtype_for_vocab, write_meta
+from model.shards import ShardStream, ShardWriter, dtype_for_vocab, write_meta
 from model.tokenizer import Tokenizer, default_threads, encode_stream, get_tokenizer, known_vocab_size, load_tokenizer
 from tasks.core.caching import PERSISTED, OutputsCache, file_fingerprint
 from tasks.corpus.documents import expand_inputs, iter_texts
@@ -82,6 +85,14 @@ def _val_hash(data: bytes) -> float:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") / 2.0**64
 
 
+def _token_bytes(tok: Tokenizer, ids: np.ndarray) -> int:
+    """UTF-8 bytes that `ids` stand for (exact even where they cut a character: tiktoken decodes to bytes)."""
+    enc = getattr(tok, "enc", None)
+    if enc is not None:
+        return len(enc.decode_bytes([int(i) for i in ids]))
+    return len(tok.decode(ids).encode("utf-8", "surrogatepass"))
+
+
 def _input_signature(files: list[Path]) -> list[dict]:
     return [file_fingerprint(f) for f in files]
 
@@ -134,13 +145,18 @@ def tokenize_corpus(
     with atomic_dir(out) as tmp:
         tok.save(tmp / TOKENIZER_SUBDIR)
         stats = _write_splits(files, tok, tmp, np_dtype, shard_tokens, val_fraction, threads, total_bytes, processes)
+        train, val = ShardStream(stats["train"]["paths"]), ShardStream(stats["val"]["paths"])
+        with progress("tokenize: bigram baseline", total=baseline_work(train, val)) as bar:
+            baseline = bigram_baseline(train, val, tok.vocab_size, stats["val"]["bytes"], advance=bar.advance)
         meta = {
             "format": 1,
             "encoding": tok.name,
             "vocab_size": tok.vocab_size,
             "eot_id": tok.eot_id,
             "dtype": np_dtype.name,
-            "splits": {s: {"shards": [p.name for p in st["paths"]], "tokens": st["tokens"], "documents": st["documents"]} for s, st in stats.items()},
+            "splits": {s: {"shards": [p.name for p in st["paths"]], "tokens": st["tokens"], "documents": st["documents"],
+                           "bytes": st["bytes"]} for s, st in stats.items()},
+            "baseline": {"bigram": baseline},
             "val_fraction": val_fraction,
             "inputs": _input_signature(files),
             # identity of the token stream: same tokenizer and same tokens <=> same fingerprint
@@ -158,21 +174,25 @@ def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: i
     """Stream every document through the tokenizer into train/val shard writers."""
     writers = {s: ShardWriter(folder, s, np_dtype, shard_tokens) for s in ("train", "val")}
     docs = {"train": 0, "val": 0}
+    nbytes = {"train": 0, "val": 0}  # UTF-8 bytes of the documents' text (eot separators not counted)
     eot = np.array([tok.eot_id], dtype=np.uint32)
     pending: np.ndarray | None = None  # the last train document (with its eot), held back in case val ends up empty
+    pending_bytes = 0
 
-    def emit(encoded: list[np.ndarray], to_val: list[bool]) -> None:
-        nonlocal pending
+    def emit(encoded: list[np.ndarray], to_val: list[bool], sizes: list[int]) -> None:
+        nonlocal pending, pending_bytes
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-        for ids, val in zip(encoded, to_val):
+        for ids, val, size in zip(encoded, to_val, sizes):
             if val:
                 parts["val"] += [ids, eot]
                 docs["val"] += 1
+                nbytes["val"] += size
             else:
                 if pending is not None:
                     parts["train"].append(pending)
-                pending = np.concatenate([ids, eot])
+                pending, pending_bytes = np.concatenate([ids, eot]), size
                 docs["train"] += 1
+                nbytes["train"] += size
         for split, arrays in parts.items():
             if arrays:
                 writers[split].add(np.concatenate(arrays))
@@ -191,13 +211,13 @@ def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: i
 
     with progress("tokenize", total=total_bytes) as bar:
         for texts, encoded in encode_stream(tok, batches(), threads, processes=processes):
-            to_val, n_bytes = [], 0
+            to_val, sizes = [], []
             for text in texts:
                 data = text.encode("utf-8", "surrogatepass")
                 to_val.append(_val_hash(data) < val_fraction)
-                n_bytes += len(data)
-            emit(encoded, to_val)
-            bar.advance(n_bytes)
+                sizes.append(len(data))
+            emit(encoded, to_val, sizes)
+            bar.advance(sum(sizes))
 
     if docs["train"] + docs["val"] == 0:
         raise CookError(f"empty corpus: no text in {len(files)} input file(s)")
@@ -206,24 +226,29 @@ def _write_splits(files, tok: Tokenizer, folder: Path, np_dtype, shard_tokens: i
             writers["val"].add(pending)
             docs["train"] -= 1
             docs["val"] += 1
+            nbytes["train"] -= pending_bytes
+            nbytes["val"] += pending_bytes
         else:  # one document: its last tokens become val
             n = pending.size
             n_val = min(max(2, math.ceil(n * val_fraction)), max(1, n // 2))
             writers["train"].add(pending[: n - n_val])
             writers["val"].add(pending[n - n_val :])
             docs["val"] = 1  # the document's tail; train holds its head
+            tail = _token_bytes(tok, pending[n - n_val : -1])  # the tail's text bytes (its eot excluded)
+            nbytes["train"] -= tail
+            nbytes["val"] += tail
         pending = None
     if pending is not None:
         writers["train"].add(pending)
     stats = {}
     for s, w in writers.items():
-        stats[s] = {"paths": w.close(), "tokens": w.tokens, "documents": docs[s], "digest": w.digest()}
+        stats[s] = {"paths": w.close(), "tokens": w.tokens, "documents": docs[s], "bytes": nbytes[s], "digest": w.digest()}
     return stats
 
 
 @task(
     name="tokenize",
-    cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / "meta.json"], version="1", exclude=("num_threads",)),
+    cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / "meta.json"], version="2", exclude=("num_threads",)),
     **PERSISTED,
 )
 def tokenize_task(

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -38,8 +39,12 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
     return out
 
 
-def render_loss_curve(records: list[dict], title: str = "", iters_per_chunk: int | None = None) -> bytes:
-    """PNG bytes: train loss (every logged iteration) and eval losses vs iteration, chunk boundaries dashed."""
+def render_loss_curve(records: list[dict], title: str = "", iters_per_chunk: int | None = None,
+                      bpb_per_nat: float | None = None, baseline: float | None = None) -> bytes:
+    """PNG bytes: train loss (every logged iteration) and eval losses vs iteration, chunk boundaries dotted.
+
+    `bpb_per_nat` (val tokens / val bytes / ln 2) adds a right-hand axis in bits per byte; `baseline` (nats per
+    token) draws the smoothed bigram's val loss as a horizontal line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, safe off the main thread
 
@@ -65,8 +70,13 @@ def render_loss_curve(records: list[dict], title: str = "", iters_per_chunk: int
         bounds = [b["iter"] - 1 for a, b in zip(ordered, ordered[1:]) if a.get("chunk") != b.get("chunk")]
     for k, x in enumerate(bounds):
         ax.axvline(x, color="grey", linestyle=":", linewidth=1, label="chunk boundary" if k == 0 else None)
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:red", linestyle="--", linewidth=1, label="bigram baseline (val)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (nats/token)")
+    if bpb_per_nat:
+        right = ax.secondary_yaxis("right", functions=(lambda x: x * bpb_per_nat, lambda y: y / bpb_per_nat))
+        right.set_ylabel("val bits/byte")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     if train or evals:
@@ -84,12 +94,26 @@ def save_loss_curve(run: str | os.PathLike) -> bytes | None:
     if not records:
         return None
     try:
-        iters_per_chunk = int(json.loads((run / "run.json").read_text(encoding="utf-8"))["iters_per_chunk"])
+        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        iters_per_chunk = int(info["iters_per_chunk"])
     except (OSError, ValueError, KeyError, TypeError):
-        iters_per_chunk = None
-    png = render_loss_curve(records, title=f"{run.name}: loss", iters_per_chunk=iters_per_chunk)
+        info, iters_per_chunk = {}, None
+    bpb_per_nat, baseline = _bpb_scale(info)
+    png = render_loss_curve(records, title=f"{run.name}: loss", iters_per_chunk=iters_per_chunk,
+                            bpb_per_nat=bpb_per_nat, baseline=baseline)
     atomic_write_bytes(run / LOSS_PNG, png)
     return png
+
+
+def _bpb_scale(info: dict) -> tuple[float | None, float | None]:
+    """(val bits/byte per nat/token, bigram val loss) from the run's data folder's meta.json; None where unknown."""
+    try:
+        meta = json.loads((Path(info["data"]["dir"]) / "meta.json").read_text(encoding="utf-8"))
+        val = meta["splits"]["val"]
+        scale = val["tokens"] / val["bytes"] / math.log(2) if val.get("bytes") else None
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None, None
+    return scale, ((meta.get("baseline") or {}).get("bigram") or {}).get("val_loss")
 
 
 def png_data_uri(png: bytes) -> str:
