@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         "ms_per_iter": round(ours_dt * 1e3, 2),
         "config": dict(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, block_size=T,
                        batch_size=B, vocab_size=vocab),
-        "mfu": round(ours.estimate_mfu(B, ours_dt), 4) if cuda else None,
+        "mfu": round(mfu, 4) if cuda and (mfu := ours.estimate_mfu(B, ours_dt)) is not None else None,
         "baseline": {"name": "nanoGPT", "tokens_per_s": round(B * T / base_dt, 1), "ms_per_iter": round(base_dt * 1e3, 2)},
         "speedup": round(base_dt / ours_dt, 3),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",

@@ -291,15 +291,17 @@ class GPT(nn.Module):
         extra = {"fused": True} if device_type == "cuda" and torch.cuda.is_available() else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
-    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float | None = None) -> float:
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float | None = None) -> float | None:
         """Model flops utilization: achieved flops (PaLM appendix B estimate) over the device's
-        bf16 peak, for `fwdbwd_per_iter` sequences of block_size tokens taking `dt` seconds."""
+        16-bit peak, for `fwdbwd_per_iter` sequences of block_size tokens taking `dt` seconds; None when the
+        peak is unknown."""
         cfg = self.config
         N = self.num_params()
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.block_size
         flops_per_token = 6 * N + 12 * L * H * Q * T
         flops_per_iter = flops_per_token * T * fwdbwd_per_iter
-        return flops_per_iter / dt / (peak_flops or device_peak_flops())
+        peak = peak_flops or device_peak_flops()
+        return flops_per_iter / dt / peak if peak else None
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -379,13 +381,19 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def device_peak_flops(device: torch.device | str | None = None) -> float:
-    """bf16 dense peak flops of the CUDA device (A100 312e12, H100 SXM / H200 989e12, H100 PCIe
-    756e12); 312e12 (nanoGPT's A100 reference) when unknown or not on CUDA."""
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(device).lower()
-        if "h200" in name or ("h100" in name and "pcie" not in name):
-            return 989e12
-        if "h100" in name:
-            return 756e12
-    return 312e12
+# dense 16-bit tensor-core peaks (flop/s) by a piece of the device name; the first match wins (H100 PCIe before H100)
+PEAK_FLOPS = (("h200", 989e12), ("h100 pcie", 756e12), ("h100", 989e12), ("a100", 312e12), ("l40s", 362e12),
+              ("l40", 181e12), ("l4", 121e12), ("a10g", 125e12), ("a10", 125e12), ("v100", 125e12), ("t4", 65e12),
+              ("4090", 165e12), ("3090", 71e12))
+
+
+def device_peak_flops(device: torch.device | str | None = None) -> float | None:
+    """The CUDA device's dense bf16/fp16 peak (PEAK_FLOPS: T4 65e12, V100 125e12, A100 312e12, H100 SXM / H200
+    989e12, ...); None off CUDA or for a card not in the table (then MFU is not reported rather than wrong)."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    for key, peak in PEAK_FLOPS:
+        if key in name:
+            return peak
+    return None

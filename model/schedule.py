@@ -32,6 +32,8 @@ def parse_cooldown(value: float | int | str | None) -> float | int | None:
         x = float(value)
     except (TypeError, ValueError):
         raise CookError(f"--cooldown must be a number of iterations or a fraction in (0, 1) (got {value!r})") from None
+    if not math.isfinite(x):
+        raise CookError(f"--cooldown must be a number of iterations or a fraction in (0, 1) (got {value!r})")
     if x >= 1 or x == 0:
         if x != int(x):
             raise CookError(f"--cooldown {value}: a cooldown of 1 or more is a whole number of iterations")

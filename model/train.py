@@ -418,14 +418,18 @@ def _rewind_cooldown(run_dir: Path, info: dict) -> str | None:
                         f"it cannot be extended without training at the floor; start a new --run with --init-from {run_dir}")
     cooled = run_dir / COOLED_DIR
     cooled.mkdir(exist_ok=True)
-    for p in later:
+    for p in later:  # each leaves checkpoints/ by a rename (atomic); a crash in between is redone by the next run
         if "-iter_" in p.name:
-            shutil.rmtree(p, ignore_errors=True)
+            trash = p.parent / f".{p.name}.old-rewind"  # a stale temp name: clean_stale_temps finishes it if we crash
+            os.replace(p, trash)
+            shutil.rmtree(trash, ignore_errors=True)
             continue
         target = cooled / p.name
         if target.exists():
             shutil.rmtree(target)
         os.replace(p, target)
+    if int(read_state(latest_checkpoint(run_dir))["iteration"]) != start:
+        raise CookError(f"run {run_dir}: could not go back to the checkpoint at iteration {start} ({name}); check the folder's permissions")
     return (f"extending: the run had cooled down from iteration {start}; training goes on from the checkpoint saved "
             f"there ({name}); the cooled checkpoint{'s' if len(later) > 1 else ''} moved to {cooled}")
 
@@ -463,10 +467,10 @@ def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, n
         check_tokenizer(data, meta, info["tokenizer"], f"run {run_dir}")
         if meta.get("fingerprint") != info["data"]["fingerprint"]:
             raise CookError(f"{data} is not the data run {run_dir} was trained on (fingerprint differs): use --init-from to continue on new data")
-        if spec.chunks > info["chunks"]:  # extension
+        if spec.chunks > info["chunks"]:  # extension (a cosine schedule keeps its length: nothing to check)
             total = spec.chunks * int(info["iters_per_chunk"])
-            sched.check(total)
             if sched.kind == "wsd":
+                sched.check(total)
                 note = _rewind_cooldown(run_dir, info)  # before run.json changes: a crash in between redoes it
                 if note:
                     notes.append(note)
@@ -603,6 +607,15 @@ def split_bpb(meta: dict, split: str, loss: float | None) -> float | None:
     if loss is None or not s.get("bytes") or not s.get("tokens"):
         return None
     return bits_per_byte(loss, int(s["tokens"]), int(s["bytes"]))
+
+
+def is_compile_error(e: BaseException) -> bool:
+    """True for a failure of torch.compile itself (Dynamo tracing, a backend compiler), not of the model's work."""
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:  # pragma: no cover - every torch cook supports has it
+        return False
+    return isinstance(e, TorchDynamoException) or type(e).__module__.startswith(("torch._inductor", "torch._dynamo"))
 
 
 def seed_everything(seed: int) -> None:
@@ -759,15 +772,14 @@ def train_chunk(
         return DDP(fwd, device_ids=[proc.local_rank] if device_type == "cuda" else None)
 
     compiled = compile_default(opts.compile, dev)
-    fwd = torch.compile(model) if compiled else model
-    train_model = wrap(fwd)
+    train_model = wrap(torch.compile(model) if compiled else model)
 
     sampler = info.get("sampler", "random")  # runs made before the epoch sampler drew random windows
     if sampler == "epoch":
         train_batches = EpochBatches(data, "train", config.block_size, tc.batch_size, tc.grad_accum)
         data_seed = derive_seed(base_seed, "data")
     else:
-        train_batches = TokenBatches(data, "train", config.block_size, tc.batch_size)
+        train_batches = TokenBatches(data, "train", config.block_size, tc.batch_size, tc.grad_accum)
         data_seed = chunk_seed
     eval_batches: dict[str, TokenBatches | None] = {"train": TokenBatches(data, "train", config.block_size, tc.batch_size)}
     try:
@@ -841,18 +853,25 @@ def train_chunk(
                 torch.manual_seed(derive_seed(chunk_seed, it, micro))  # dropout masks depend on (seed, it, micro) only
                 yield x, y
 
+        failed = None
         try:
             loss_acc = train_step(train_model, optimizer, micro_batches(), accum, lr, tc.grad_clip, dev, proc.ddp, dtype, scaler)
-        except Exception as e:  # noqa: BLE001 - torch.compile fails on the first call (no compiler, unsupported op)
-            if not compiled or it != it0:
+        except Exception as e:  # noqa: BLE001 - only a compile error on the first step is handled, below
+            if not (compiled and it == it0 and is_compile_error(e)):
                 raise
+            failed = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        if failed is not None:  # retried outside the except block: the failed attempt's tensors are freed first
+            if proc.ddp:  # ranks cannot agree to rebuild DDP mid-step: stop every rank, with the way out
+                raise CookError(f"torch.compile failed on rank {proc.rank} ({failed}): run again with --no-compile")
+            import torch._dynamo as dynamo  # (a bare `import torch._dynamo` would make `torch` local here)
+
+            dynamo.reset()
             compiled = False
             optimizer.zero_grad(set_to_none=True)
-            if log is not None and proc.master:
-                log(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); training eagerly")
+            if log is not None:
+                log(f"warning: torch.compile failed ({failed}); training eagerly (--no-compile skips the attempt)")
             train_model = wrap(model)
             train_model.train()
-            fwd = model
             loss_acc = train_step(train_model, optimizer, micro_batches(), accum, lr, tc.grad_clip, dev, proc.ddp, dtype, scaler)
         tokens_seen += tokens_per_iter
         done = it + 1
@@ -869,12 +888,12 @@ def train_chunk(
             if device_type == "cuda":
                 rec["mfu"] = model.estimate_mfu(tc.batch_size * tc.grad_accum, dt * proc.world) if dt > 0 else None
                 rec["peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-                msg += f", mfu {100 * (rec['mfu'] or 0):.1f}%, {rec['peak_mem_mb']:,.0f} MiB"
+                msg += (f", mfu {100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "") + f", {rec['peak_mem_mb']:,.0f} MiB"
             metrics.write(rec, msg)
 
         if done % eval_interval == 0 or done == chunk_end:
             t_eval = time.time()
-            losses = estimate_loss(fwd, eval_batches, eval_iters, eval_seed, proc, dtype)
+            losses = estimate_loss(model, eval_batches, eval_iters, eval_seed, proc, dtype)  # eager: no second compile
             val_loss = losses["val"]
             rec = {"iter": done, "chunk": chunk, "kind": "eval", "train_loss": losses["train"], "val_loss": val_loss,
                    "train_bpb": split_bpb(meta, "train", losses["train"]), "val_bpb": split_bpb(meta, "val", val_loss),

@@ -404,3 +404,29 @@ def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
     mids = [n for n in chunk_dirs(run) if "-iter_" in n]
     assert len(mids) == 1 and 0 < read_state(run / "checkpoints" / mids[0])["iteration"] < 5000
 
+
+
+def test_schedule_shapes_and_refusals():
+    """WSD: warmup, flat, linear cooldown to min_lr at the planned end; a longer plan only moves the cooldown later.
+    Cosine: nanoGPT's. Bad --cooldown / --warmup values are one-line errors."""
+    from model.schedule import parse_cooldown
+
+    s = Schedule("wsd", 1e-3, 1e-4, 10, 0.2)
+    lrs = [s.lr_at(i, 100) for i in range(100)]
+    assert lrs[9] == pytest.approx(1e-3 * 10 / 11) and set(lrs[10:80]) == {1e-3}
+    assert lrs[80] == 1e-3 and lrs[99] == pytest.approx(1e-4 + 9e-4 / 20) and all(a > b for a, b in zip(lrs[80:], lrs[81:]))
+    longer = [s.lr_at(i, 300) for i in range(300)]
+    assert longer[:80] == lrs[:80] and set(longer[10:240]) == {1e-3}  # the past before the old cooldown is kept
+    assert Schedule("wsd", 1e-3, 1e-4, 10, 25).cooldown_start(100) == 75
+    c = Schedule("cosine", 1e-3, 1e-4, 10, 0, 100)
+    assert [c.lr_at(i, 999) for i in range(120)] == [lr_at(i, 10, 100, 1e-3, 1e-4) for i in range(120)]
+    assert parse_cooldown("0.25") == 0.25 and parse_cooldown(300) == 300 and parse_cooldown(0) == 0
+    for bad in ("inf", "nan", "1.5", "-0.1", "x"):
+        with pytest.raises(CookError, match=r"^--cooldown"):
+            parse_cooldown(bad)
+    with pytest.raises(CookError, match=r"^warmup of 90 iterations runs past the cooldown start at iteration 80"):
+        Schedule("wsd", 1e-3, 1e-4, 90, 0.2).check(100)
+    with pytest.raises(CookError, match=r"^cooldown of 100 iterations leaves nothing"):
+        Schedule("wsd", 1e-3, 1e-4, 0, 100).check(100)
+    with pytest.raises(CookError, match=r"^--total-iters is the length of a cosine schedule"):
+        check_train_args("x", "y", RunSpec(total_iters=10), ChunkOptions())

@@ -265,3 +265,25 @@ def test_gpus_sigterm_then_cancellation(data, tmp_path, cook_env, prefect_api):
     assert m2 and int(m2.group(1)) > saved, box
     assert f"chunk_000001-iter_{int(m2.group(1)):07d}" in _chunk_dirs(run)
     assert (run / "loss.png").stat().st_mtime_ns > curve
+
+
+# ---------------------------------------------------------------- torch.compile fallback
+
+
+def test_compile_failure_warns_and_trains_eagerly(data, tmp_path, cook, cook_env):
+    """torch.compile that cannot compile (here: no C++ compiler for Inductor) costs a warning on the quiet console,
+    not the run: the chunk trains eagerly and ends with the same weights as a --no-compile run."""
+    from model.train import train_worker
+
+    args = dict(preset="tiny", chunks=1, iters_per_chunk=4, seed=3, eval_interval=4, eval_iters=2)
+    ref = tmp_path / "eager"
+    train_worker(str(data), str(ref), compile=False, sample_tokens=0, **args)
+    run = tmp_path / "compiled"
+    env = {k: v for k, v in cook_env.items() if k != "COOK_VERBOSE"}
+    env["CXX"] = str(tmp_path / "no-such-compiler")
+    r = cook(["train", "--data", str(data), "--run", str(run), "--compile", *_flags(args)], env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert re.search(r"warning: torch\.compile failed \(.*\); training eagerly", r.stdout + r.stderr)
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(run / "checkpoints" / "chunk_000001" / f), load_file(ref / "checkpoints" / "chunk_000001" / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f

@@ -140,7 +140,10 @@ def train_chunk_task(run: str, chunk: int, data: str | None = None, opts: ChunkO
                 bar.set_total(total)
             bar.update(done)
 
-        kw = dict(data=data, opts=opts, log=logger.info, on_iter=on_iter)
+        def log(line: str) -> None:  # the loop's (and the ranks') "warning: ..." lines reach a quiet console too
+            (logger.warning if line.startswith("warning:") else logger.info)(line)
+
+        kw = dict(data=data, opts=opts, log=log, on_iter=on_iter)
         if gpus > 1 and not under_torchrun():
             summary = launch_chunk(run, chunk, nproc=gpus, **kw)
         else:
