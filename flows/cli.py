@@ -434,7 +434,7 @@ def tokenize(
 def train(
     data: Path = typer.Option(..., "--data", help="Token folder written by `cook tokenize`."),
     run: Path = typer.Option(..., "--run", help="Run folder: checkpoints, metrics.jsonl, run.json."),
-    preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed or gpt2-124m."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed, gpt2-124m or demo."),
     chunks: int = typer.Option(1, "--chunks", help="Number of chunks to have trained in all."),
     iters_per_chunk: int = typer.Option(1000, "--iters-per-chunk", help="Iterations per chunk (at most 5000)."),
     seed: int = typer.Option(1337, "--seed", help="Base seed; each chunk derives its own."),
@@ -556,7 +556,7 @@ def pipeline(
     parquet: Optional[List[str]] = typer.Option(None, "--parquet", help="Parquet files, folders or hf:// paths, for parquet."),
     near_dedup: bool = typer.Option(False, "--near-dedup", help="Also remove near-duplicates (MinHash)."),
     encoding: str = typer.Option("gpt2", "--encoding", "-e", help="Tokenizer encoding."),
-    preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed or gpt2-124m."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed, gpt2-124m or demo."),
     chunks: int = typer.Option(1, "--chunks", help="Chunks to train."),
     iters_per_chunk: int = typer.Option(1000, "--iters-per-chunk", help="Iterations per chunk (at most 5000)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -593,7 +593,7 @@ def pipeline(
 def demo(
     iters_per_chunk: int = typer.Option(800, "--iters-per-chunk", help="Iterations in each of the 2 chunks."),
 ) -> None:
-    """Offline end-to-end demo: corpus from Python's own docs, tokenize, train `tiny` for 2 chunks, sample."""
+    """Offline end-to-end demo: corpus from Python's own docs, a bpe:1024 tokenizer, train the `demo` preset for 2 chunks, sample, and compare with a bigram baseline."""
     _prepare_env(demo=True)
     from flows.demo import demo_flow, print_report
 
