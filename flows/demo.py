@@ -18,8 +18,9 @@ from flows.report import publish_markdown, publish_table, run_name, tags_for
 from flows.sample import sample_text
 from flows.tokenize import tokenize_flow
 from flows.train import train_flow
-from model.baseline import bigram_baseline, bits_per_byte
+from model.baseline import bigram_baseline
 from model.shards import ShardStream, list_shards, load_meta
+from model.train import split_bpb
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.settings import get_settings
 from tasks.sources.pydoc_corpus import build_pydoc_corpus_task
@@ -84,13 +85,6 @@ def _losses(metrics: Path) -> list[dict]:
     return out
 
 
-def _bpb(nats: float | None, split: dict) -> float | None:
-    """Bits per byte of a split from a loss in nats/token, or None without the split's bytes."""
-    if nats is None or not split.get("bytes") or not split.get("tokens"):
-        return None
-    return bits_per_byte(nats, split["tokens"], split["bytes"])
-
-
 def _bigram(tokens: Path, meta: dict) -> dict:
     """meta.json's bigram baseline; for a folder tokenized before it was recorded, fitted here (seconds on the demo's corpus)."""
     b = (meta.get("baseline") or {}).get("bigram")
@@ -107,14 +101,13 @@ def compare(last_eval: dict, tokens: Path) -> dict:
     """The model's final val loss and bpb, the bigram baseline's, and by how many percent the model's val
     loss (nats/token) is below the bigram's (negative: above). Missing figures are None."""
     meta = load_meta(tokens)
-    val_split = meta.get("splits", {}).get("val", {})
     val_loss = last_eval.get("val_loss")
     val_bpb = last_eval.get("val_bpb")
     if val_bpb is None:
-        val_bpb = _bpb(val_loss, val_split)
+        val_bpb = split_bpb(meta, "val", val_loss)
     b = _bigram(tokens, meta)
     b_loss = b.get("val_loss")
-    b_bpb = b.get("val_bpb") if b.get("val_bpb") is not None else _bpb(b_loss, val_split)
+    b_bpb = b.get("val_bpb") if b.get("val_bpb") is not None else split_bpb(meta, "val", b_loss)
     beats = 100.0 * (1.0 - val_loss / b_loss) if val_loss is not None and b_loss else None
     return {"encoding": meta.get("encoding"), "val_loss": val_loss, "val_bpb": val_bpb, "bigram_val_loss": b_loss,
             "bigram_val_bpb": b_bpb, "beats_bigram_pct": beats}
