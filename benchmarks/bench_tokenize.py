@@ -1,10 +1,14 @@
-"""Benchmark `cook tokenize` (gpt2, all cores) against single-thread tiktoken `encode_ordinary` on the same text.
+"""Benchmark `cook tokenize` (gpt2) with 1 and N workers against single-thread tiktoken `encode_ordinary`.
 
-    python benchmarks/bench_tokenize.py --mb 200          # generated corpus from Python's own docs
-    python benchmarks/bench_tokenize.py --input corpus/   # your documents
+    python benchmarks/bench_tokenize.py --mb 1000                 # generated corpus from Python's own docs
+    python benchmarks/bench_tokenize.py --input corpus/ --workers 1 2 4
 
-cook runs as the plain `tokenize_corpus` function in a subprocess, so its peak RSS (ru_maxrss of the
-child) covers the whole pipeline: reading parquet, encoding, writing shards. Prints one JSON line.
+Each cook run is the plain `tokenize_corpus` function in a fresh subprocess (`--workers W`), so its figures
+cover the whole stage (Prefect imported beforehand, as in every real run): reading parquet, encoding, writing
+shards, and the bigram baseline (fitted on the first 50M train tokens, in the main process, after the shards). `encode_s` is the time to the shards, without
+the baseline. Peak RSS is the largest of the child's own (VmHWM) and its workers' (ru_maxrss: an upper bound). CPU seconds are the
+child's and its workers' together: on a loaded machine they stay honest where wall times do not, and
+`2 x baseline_cpu / cook_cpu` bounds what 2 idle cores could give. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,13 +27,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
-from tasks.corpus.tokenize import tokenize_corpus
-files, out = json.loads(sys.argv[1]), Path(sys.argv[2])
-t = time.perf_counter()
-tokenize_corpus([Path(f) for f in files], "gpt2", out, None, 0.005, "auto", 100_000_000, None)
-print(json.dumps({"seconds": time.perf_counter() - t}))
+import prefect.context, tasks.core.caching  # loaded before the task in every real run (the CLI's flow)
+import tasks.corpus.tokenize as T
+
+files, out, workers = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+write_splits, phase = T._write_splits, {}
+
+def timed(*a, **k):  # the time to the shards: reading, encoding, writing (the baseline comes after)
+    t = time.perf_counter()
+    try:
+        return write_splits(*a, **k)
+    finally:
+        phase["encode_s"] = time.perf_counter() - t
+
+T._write_splits = timed
+t, cpu = time.perf_counter(), time.process_time()
+T.tokenize_corpus([Path(f) for f in files], "gpt2", out, None, 0.005, "auto", 100_000_000, workers)
+seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"seconds": seconds, "encode_s": phase["encode_s"], "main_cpu_s": cpu,
+                  "workers_cpu_s": kids.ru_utime + kids.ru_stime,
+                  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over the exec)
+                  "main_rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024,
+                  "worker_rss_mb": kids.ru_maxrss / 1024}))
 """
 
 
@@ -53,28 +74,31 @@ def make_corpus(folder: Path, mb: int, seed: int = 0) -> list[Path]:
     return [path]
 
 
+def run_cook(files: list[Path], out: Path, workers: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(f) for f in files]), str(out), str(workers)],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"cook tokenize --workers {workers} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=200, help="size of the generated corpus in MB of text")
     ap.add_argument("--input", nargs="*", help="tokenize these documents instead of a generated corpus")
+    ap.add_argument("--workers", type=int, nargs="*", help="worker counts to run [default: 1 and every core]")
     args = ap.parse_args()
 
     from model.tokenizer import default_threads, get_tokenizer
     from tasks.corpus.documents import expand_inputs, iter_texts
 
+    cores = default_threads()
+    counts = args.workers or sorted({1, cores})
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cook-bench-tokenize-") as tmp:
         tmp = Path(tmp)
         files = expand_inputs(args.input) if args.input else make_corpus(tmp, args.mb)
-
-        # cook: the whole pipeline in a child process
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(f) for f in files]), str(tmp / "out")],
-                           cwd=REPO, env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"cook tokenize failed:\n{r.stderr[-3000:]}")
-        cook_s = json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
-        child = resource.getrusage(resource.RUSAGE_CHILDREN)
-        peak_rss_mb, cook_cpu = child.ru_maxrss / 1024, child.ru_utime + child.ru_stime
 
         # baseline: single-thread tiktoken encode_ordinary, timing the encoding only
         enc = get_tokenizer("gpt2").enc
@@ -87,19 +111,34 @@ def main() -> None:
                 base_s += time.perf_counter() - t
                 base_cpu += time.process_time() - c
 
-    mb = n_bytes / 1e6
+        runs = {}
+        for w in counts:
+            r = run_cook(files, tmp / f"out{w}", w)
+            cpu = r["main_cpu_s"] + r["workers_cpu_s"]
+            runs[w] = {
+                "seconds": round(r["seconds"], 2),
+                "mb_per_s": round(n_bytes / 1e6 / r["seconds"], 2),
+                "speedup": round(base_s / r["seconds"], 2),  # whole stage vs single-thread encode_ordinary
+                "encode_speedup": round(base_s / r["encode_s"], 2),  # to the shards (no bigram baseline)
+                "cpu_s": round(cpu, 1),
+                "main_cpu_s": round(r["main_cpu_s"], 1),
+                "cpu_bound_speedup": round(min(w, cores) * base_cpu / cpu, 2),  # what idle cores could give at best
+                "peak_rss_mb": round(max(r["main_rss_mb"], r["worker_rss_mb"]), 1),
+                "main_rss_mb": round(r["main_rss_mb"], 1),
+            }
+        same = len({(tmp / f"out{w}" / "meta.json").read_text() for w in counts}) == 1
+
+    lo, hi = min(counts), max(counts)
     print(json.dumps({
         "bench": "tokenize",
-        "mb": round(mb, 1),
-        "cook_mb_per_s": round(mb / cook_s, 2),
-        "baseline_mb_per_s": round(mb / base_s, 2),
-        "speedup": round(base_s / cook_s, 2),
-        "cook_peak_rss_mb": round(peak_rss_mb, 1),
-        # CPU seconds (all threads; cook's include startup, reading and writing): shows overhead when cores are busy
-        "cook_cpu_s": round(cook_cpu, 1),
+        "mb": round(n_bytes / 1e6, 1),
+        "baseline_mb_per_s": round(n_bytes / 1e6 / base_s, 2),
         "baseline_cpu_s": round(base_cpu, 1),
-        "cores": default_threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews both figures
+        "workers": {str(w): r for w, r in runs.items()},
+        f"speedup_{hi}_over_{lo}_workers": round(runs[lo]["seconds"] / runs[hi]["seconds"], 2),
+        "same_output": same,  # meta.json (with every split's digest) identical across worker counts
+        "cores": cores,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # other work on the machine skews wall times
     }))
 
 

@@ -377,6 +377,10 @@ def merge(
     min_chars: Optional[int] = typer.Option(None, "--min-chars", help="Reject shorter documents."),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Reject longer documents."),
     lang: Optional[List[str]] = typer.Option(None, "--lang", help="Keep only these languages (needs langdetect)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="Worker processes (0 or 1: none; default: by the input's size, one per core)."),
+    dedup_memory: str = typer.Option("1GB", "--dedup-memory",
+                                     help="Memory for the dedup indexes, e.g. 1GB; past it, dedup runs on disk in two passes."),
     dask: Optional[str] = _dask_option(),
 ) -> None:
     """Clean, deduplicate and merge documents into shards; every rejected document is kept with its reason."""
@@ -387,14 +391,14 @@ def merge(
     from tasks.corpus.merge import check_merge_args
 
     try:
-        check_merge_args(inputs, str(out), shard_size, format, lang or None)
+        check_merge_args(inputs, str(out), shard_size, format, lang or None, dedup_memory)
     except CookError as e:
         user_error(e, EXIT_USAGE)
     from flows.merge import merge_flow
 
     limits = {k: v for k, v in (("min_chars", min_chars), ("max_chars", max_chars)) if v is not None}
     _run(merge_flow, inputs=list(inputs), out=str(out), shard_size=shard_size, fmt=format, near_dedup=near_dedup,
-         languages=lang or None, dask=dask, **limits)
+         languages=lang or None, workers=workers, dedup_memory=dedup_memory, dask=dask, **limits)
     typer.echo(f"merged: {out}")
 
 
@@ -407,6 +411,8 @@ def tokenize(
     val_fraction: float = typer.Option(0.005, "--val-fraction", help="Share of documents for validation (by a deterministic hash)."),
     dtype: str = typer.Option("auto", "--dtype", help="Token dtype: auto, uint16 or uint32."),
     shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", help="Tokens per shard."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Worker processes that read and encode (0 or 1: none; "
+                                          "default: one per 16 MB of text, up to one per core). Same output for any count."),
     dask: Optional[str] = _dask_option(),
 ) -> None:
     """Tokenize documents into train/val binary token shards with a meta.json."""
@@ -419,14 +425,14 @@ def tokenize(
 
     out = out or get_settings().data_dir / "tokens"
     try:
-        check_tokenize_args(inputs, encoding, dtype, tokenizer)
+        check_tokenize_args(inputs, encoding, dtype, tokenizer, workers)
     except CookError as e:
         user_error(e, EXIT_USAGE)
     from flows.tokenize import tokenize_flow
 
     result = _run(tokenize_flow, inputs=list(inputs), encoding=encoding, out=str(out),
                   tokenizer_dir=str(tokenizer) if tokenizer else None, val_fraction=val_fraction,
-                  dtype=dtype, shard_tokens=shard_tokens, dask=dask)
+                  dtype=dtype, shard_tokens=shard_tokens, dask=dask, workers=workers)
     typer.echo(f"tokens: {result}")
 
 

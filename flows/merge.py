@@ -81,11 +81,17 @@ def merge_flow(
     max_chars: int = MAX_CHARS,
     languages: list[str] | None = None,
     dask: str | None = None,
+    workers: int | None = None,
+    dedup_memory: str = "1GB",
 ) -> dict:
     """Merge `inputs` (default: every source folder under the data dir) into `out` (default DATA/merged: shards,
     rejects/, stats.json); return the stats. Cached while inputs are unchanged.
 
     `dask`: run the task on a Dask cluster (an address or "local"; default COOK_DASK_ADDRESS, see flows/runners.py).
+    `workers`: worker processes for the per-document work (None: by the input's size; 0 or 1: none; on a Dask
+    worker, none). The output does not depend on it.
+    `dedup_memory`: what the dedup indexes may take (e.g. "1GB"); past it, dedup runs on disk in two passes
+    (tasks/corpus/merge.py). The output does not depend on it.
     """
     settings = get_settings()
     inputs = inputs if inputs is not None else [str(p) for p in settings.source_dirs()]
@@ -93,11 +99,12 @@ def merge_flow(
         raise CookError(f"nothing to merge: no source folder under {settings.data_dir} ({', '.join(SOURCE_DIRS.values())})")
     out = out if out is not None else str(settings.data_dir / "merged")
     # absolute paths: the task may run in another process (a Dask worker) with another working directory
-    files = [f.absolute() for f in check_merge_args(inputs, out, shard_size, fmt, languages)]
+    files = [f.absolute() for f in check_merge_args(inputs, out, shard_size, fmt, languages, dedup_memory)]
     hold_output(out, replaced=True)  # one writer: the lock beside `out`, which is replaced whole
     with stage_runner(dask) as runner:
         state = final_state(runner.submit(merge_task, files, Path(out).absolute(), parse_size(shard_size), fmt, near_dedup,
-                                          min_chars, max_chars, list(languages) if languages else None))
+                                          min_chars, max_chars, list(languages) if languages else None, workers,
+                                          parse_size(dedup_memory)))
     stats = state.result()
     publish_markdown("merge-summary", summary_markdown(stats), "cook merge summary")
     publish_table("merge-sources", source_rows(stats), "cook merge: documents and MB in and out per source")

@@ -33,14 +33,17 @@ def tokenize_flow(
     dtype: str = "auto",
     shard_tokens: int = 100_000_000,
     dask: str | None = None,
+    workers: int | None = None,
 ) -> str:
     """Tokenize `inputs` (default `<data_dir>/merged`) into `out` (default `<data_dir>/tokens`); return the output folder.
 
     With `tokenizer_dir` (a saved `tokenizer/` folder) the new data gets the same ids as before.
     `dask`: run the task on a Dask cluster (an address or "local"; default COOK_DASK_ADDRESS, see flows/runners.py).
+    `workers`: processes that read and encode (default: from the text size, up to every core); the output is
+    the same whatever the count.
     """
     inputs = inputs if inputs is not None else [str(get_settings().data_dir / "merged")]
-    files = [f.absolute() for f in check_tokenize_args(inputs, encoding, dtype, tokenizer_dir)]
+    files = [f.absolute() for f in check_tokenize_args(inputs, encoding, dtype, tokenizer_dir, workers)]
     # absolute paths: the task may run in another process (a Dask worker) with another working directory
     out_path = (Path(out) if out is not None else get_settings().data_dir / "tokens").absolute()
     tok_dir = Path(tokenizer_dir).absolute() if tokenizer_dir is not None else None
@@ -56,6 +59,7 @@ def tokenize_flow(
             val_fraction,
             dtype,
             shard_tokens,
+            workers,
             tokenizer_hash=load_tokenizer(tok_dir).hash if tok_dir is not None else None,
         ))
     result = Path(state.result())

@@ -81,14 +81,15 @@ def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parqu
         "converted": len(ok) - cached,
         "cached": cached,
         "failed": failed,
-        **{k: sum(r[k] for r in ok) for k in ("rows", "written", "null_or_empty", "bytes_in_text")},
+        **{k: sum(r.get(k, 0) for r in ok) for k in ("rows", "written", "null_or_empty", "invalid_utf8", "bytes_in_text")},
         "outputs": [r["out"] for r in ok],
     }
     _publish(summary, ok, rows)
     logger.info(
-        "unparquet: %d of %d files ok (%d converted, %d cached), %d failed; %d documents, %d null or empty skipped, %.1f MB of text -> %s",
+        "unparquet: %d of %d files ok (%d converted, %d cached), %d failed; %d documents, %d null or empty skipped, "
+        "%d rejected (invalid-utf8), %.1f MB of text -> %s",
         len(ok), len(files), summary["converted"], cached, len(failed), summary["written"], summary["null_or_empty"],
-        summary["bytes_in_text"] / 1e6, out_dir,
+        summary["invalid_utf8"], summary["bytes_in_text"] / 1e6, out_dir,
     )
     if failed:
         raise CookError(f"unparquet: {len(failed)} of {len(files)} files failed: " + "; ".join(f["reason"] for f in failed))
@@ -100,6 +101,7 @@ def file_row(r: dict, state: str, reason: str = "") -> dict:
     text = r.get("bytes_in_text")
     return {"file": str(r["src"]), "output": Path(r["out"]).name if r.get("out") else None, "state": state,
             "rows": r.get("rows"), "written": r.get("written"), "null_or_empty": r.get("null_or_empty"),
+            "invalid_utf8": r.get("invalid_utf8"),
             "text_mb": round(text / 1e6, 3) if text is not None else None, "reason": reason}
 
 
@@ -110,14 +112,16 @@ def _publish(summary: dict, ok: list[dict], rows: list[dict]) -> None:
         f"# unparquet -> `{summary['out']}` ({summary['format']})",
         "",
         f"- files: {summary['files']} ({len(ok)} ok: {summary['converted']} converted, {summary['cached']} cached; {len(summary['failed'])} failed)",
-        f"- rows: {summary['rows']}, documents written: {summary['written']}, null or empty skipped: {summary['null_or_empty']}",
+        f"- rows: {summary['rows']}, documents written: {summary['written']}, null or empty skipped: {summary['null_or_empty']}, "
+        f"rejected as not UTF-8 (`invalid-utf8`): {summary['invalid_utf8']}",
         f"- text: {summary['bytes_in_text'] / 1e6:.1f} MB",
         "",
-        "| file | output | rows | written | null/empty | text MB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| file | output | rows | written | null/empty | invalid-utf8 | text MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in ok:
-        md.append(f"| {r['src']} | {Path(r['out']).name} | {r['rows']} | {r['written']} | {r['null_or_empty']} | {r['bytes_in_text'] / 1e6:.2f} |")
+        md.append(f"| {r['src']} | {Path(r['out']).name} | {r['rows']} | {r['written']} | {r['null_or_empty']} | "
+                  f"{r.get('invalid_utf8', 0)} | {r['bytes_in_text'] / 1e6:.2f} |")
     if summary["failed"]:
         md += ["", "## Failed", ""] + [f"- {f['reason']}" for f in summary["failed"]]
     publish_markdown("unparquet-summary", md, "cook unparquet summary")

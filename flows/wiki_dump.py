@@ -17,7 +17,7 @@ from flows.runners import final_state, stage_runner
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import clean_stale_beside, hold_output, one_writer
 from tasks.core.settings import get_settings
-from tasks.sources.wikidump import check_wiki_dump_args, dump_titles, newest_dump, read_dump_task
+from tasks.sources.wikidump import check_wiki_dump_args, dump_titles, newest_dump, read_dump_task, skipped_names
 
 __all__ = ["check_wiki_dump_args", "wiki_dump_flow", "default_out"]
 
@@ -59,9 +59,12 @@ def wiki_dump_flow(dump: str | None = None, out: str | None = None, workers: int
     _publish(summary)
     skipped = summary["skipped"]
     logger.info(
-        "wiki-dump: %d pages seen, %d kept, skipped %d other namespaces, %d redirects, %d empty -> %s",
-        summary["pages_seen"], summary["kept"], skipped["namespace"], skipped["redirect"], skipped["empty"], out_dir,
+        "wiki-dump: %d pages seen, %d kept, skipped %d other namespaces, %d redirects, %d empty, %d failed -> %s",
+        summary["pages_seen"], summary["kept"], skipped["namespace"], skipped["redirect"], skipped["empty"],
+        skipped.get("failed", 0), out_dir,
     )
+    if skipped.get("failed"):  # each page that raised or ran past its time budget, by title and id
+        logger.warning("wiki-dump: skipped %d page(s): %s", skipped["failed"], skipped_names(summary))
     if summary["truncated"]:
         logger.warning("wiki-dump: the dump is truncated (%s): kept every complete page before the cut", summary["truncation"])
     return summary
@@ -116,7 +119,9 @@ def _publish(s: dict) -> None:
         f"# wiki-dump `{Path(s['dump']).name}` -> `{s['out']}`",
         "",
         f"- pages seen: {s['pages_seen']}, kept: {s['kept']}",
-        f"- skipped: {s['skipped']['namespace']} other namespaces, {s['skipped']['redirect']} redirects, {s['skipped']['empty']} empty",
+        f"- skipped: {s['skipped']['namespace']} other namespaces, {s['skipped']['redirect']} redirects, {s['skipped']['empty']} empty, "
+        f"{s['skipped'].get('failed', 0)} failed (an error or over the time budget)",
+        *[f"  - `{p['title']}` (id {p['id']}): {p['reason']}" for p in s.get("skipped_pages") or []],
         f"- truncated: {'**yes** (' + s['truncation'] + ')' if s['truncated'] else 'no'}",
         f"- XML: {s['xml_mb']:.1f} MB in {s['seconds']:.1f} s; shards: {len(s['shards'])}",
     ]

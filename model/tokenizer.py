@@ -79,15 +79,17 @@ def ranks_from_tiktoken(data: bytes, source: str) -> dict[bytes, int]:
     return ranks
 
 
-def _split_long(text: str) -> list[str]:
-    """Cut a long text at points where the GPT-2/GPT-4 pre-tokenizers split anyway, so pieces encode alike.
+def split_pieces(text: str) -> Iterator[str]:
+    """A long text in ~_SPLIT_CHARS pieces, one at a time, cut where the GPT-2/GPT-4 pre-tokenizers split anyway,
+    so the pieces encode alike (the ids of the pieces, joined, are the whole text's; any cut suits `char`).
 
     A cut goes after a newline that follows a non-space and precedes an ASCII letter: both patterns end
     a piece there whether or not the text goes on, so encoding the pieces gives the same ids.
     """
     if len(text) <= 2 * _SPLIT_CHARS:
-        return [text]
-    pieces, start = [], 0
+        yield text
+        return
+    start = 0
     while len(text) - start > 2 * _SPLIT_CHARS:
         m = _SAFE_CUT.search(text, start + _SPLIT_CHARS, start + 2 * _SPLIT_CHARS)
         if m is None:
@@ -95,10 +97,13 @@ def _split_long(text: str) -> list[str]:
             m = _SAFE_CUT.search(text, nl) if nl >= 0 else None
             if m is None:
                 break
-        pieces.append(text[start : m.start()])
+        yield text[start : m.start()]
         start = m.start()
-    pieces.append(text[start:])
-    return pieces
+    yield text[start:]
+
+
+def _split_long(text: str) -> list[str]:
+    return list(split_pieces(text))
 
 
 class Tokenizer:
@@ -469,54 +474,3 @@ def load_tokenizer(folder: str | os.PathLike) -> Tokenizer:
     if spec.get("hash") and spec["hash"] != tok.hash:
         raise CookError(f"{folder}: tokenizer files do not match their recorded hash (edited or corrupted)")
     return tok
-
-
-# ---- encoding a stream on every core ---------------------------------------------------------------
-
-_worker_tok: Tokenizer | None = None
-
-
-def _init_worker(tok: Tokenizer) -> None:
-    global _worker_tok
-    _worker_tok = tok
-
-
-def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
-    return _worker_tok.encode_batch(texts, 1)
-
-
-def encode_stream(tok: Tokenizer, batches: Iterable[list[str]], workers: int | None = None,
-                  processes: bool = False) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    """Yield `(texts, ids)` for each batch of texts, in order, encoding ahead on every core.
-
-    At most `workers + 1` batches are in flight, so memory stays flat whatever the stream's length.
-    `processes=True` encodes in spawned worker processes (one batch each): on small machines it
-    scales better than threads, whose encoding contends inside tiktoken, but costs a second or so of
-    start-up, so it pays only for large corpora.
-    """
-    import collections
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = workers or default_threads()
-    if processes and workers > 1:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(tok,))
-        encode, depth = _encode_in_worker, workers + 1
-    else:  # one batch encoded (on `workers` threads) while the caller reads the next
-        pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize-ahead")
-        encode, depth = (lambda texts: tok.encode_batch(texts, workers)), 2
-    inflight: collections.deque = collections.deque()
-    try:
-        for texts in batches:
-            inflight.append((texts, pool.submit(encode, texts)))
-            if len(inflight) >= depth:
-                texts0, fut = inflight.popleft()
-                yield texts0, fut.result()
-        while inflight:
-            texts0, fut = inflight.popleft()
-            yield texts0, fut.result()
-    finally:
-        for _, fut in inflight:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -71,7 +71,7 @@ def _words(rng: random.Random, n: int) -> str:
 def _kept_piece(rng: random.Random) -> tuple[str, str]:
     """A bit of prose markup and the text it shows."""
     w = _words(rng, rng.randint(1, 3))
-    kind = rng.randrange(9)
+    kind = rng.randrange(15)
     if kind == 0:
         return f"'''{w}'''", w
     if kind == 1:
@@ -88,6 +88,19 @@ def _kept_piece(rng: random.Random) -> tuple[str, str]:
         return f"{w} &amp; {w} &mdash; x", f"{w} & {w} — x"
     if kind == 7:
         return f"<b>{w}</b> <span class=\"x\">{w}</span>", f"{w} {w}"
+    if kind == 9:  # an external link's label is kept, its URL is not
+        return f"[https://example.org/{rng.randrange(99)} {w}]", w
+    if kind == 10:  # inline templates rendered as their text
+        return f"{{{{lang|fr|{w}}}}}", w
+    if kind == 11:
+        return f"{{{{nowrap|{w}}}}}", w
+    if kind == 12:
+        km = rng.choice([(12, "12 kilometres (7.5 mi)"), (1000, "1,000 kilometres (620 mi)"), (3, "3 kilometres (1.9 mi)")])
+        return f"{w} {{{{convert|{km[0]}|km|mi}}}}", f"{w} {km[1]}"
+    if kind == 13:
+        return f"<code>{w}()</code>", f"{w}()"
+    if kind == 14:
+        return f"{w} {{{{circa|1850}}}}", f"{w} c. 1850"
     return f"{w}<sup>2</sup>", f"{w}2"
 
 
@@ -102,11 +115,12 @@ def _clutter_piece(rng: random.Random) -> str:
             f"<ref>{c} [http://{c}.example.org {c}]</ref>",
             f"<ref group=\"n\" name=\"a/b\">{c}</ref>",
             f"<!-- {c} comment [[{c}]] -->",
-            f"[http://www.{c}.example.com/page?q=1 {c} label]",
+            f"[http://www.{c}.example.com/page?q=1]",
+            f"{{{{sfn|{c}|2001|p=5}}}}",
             f"<math>{c} \\frac{{a}}{{b}} < x</math>",
             f"{{{{citation needed|date=May 2020|reason={c}}}}}",
             f"[[File:{c} photo.jpg|thumb|left|{c} caption with [[{c} link]] and [[{c}|{c} label]]]]",
-            f"{{{{lang|fr|{c}}}}}",
+            f"{{{{Infobox|x=\n{{|\n| {c}\n|}}}}}}",
             "__NOTOC__",
         ]
     )

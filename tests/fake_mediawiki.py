@@ -56,7 +56,12 @@ class Page:
 
 
 def _sentence(rng: random.Random, n: int) -> list[str]:
-    return [rng.choice(WORDS) for _ in range(n)]
+    """n random words, with stop words around every third as in prose (merge's Gopher quality rules want them)."""
+    out: list[str] = []
+    for i in range(n):
+        w = rng.choice(WORDS)
+        out += ["the", w, "of"] if i % 3 == 0 else [w]
+    return out
 
 
 class FakeWiki:

@@ -28,7 +28,8 @@ def _prose(n: int, seed: int) -> list[str]:
 
     words = sorted({w for t in topics.values() for w in re.findall(r"[a-z]{3,12}", t)})
     rng = random.Random(seed)
-    return [" ".join(" ".join(rng.sample(words, 12)).capitalize() + "." for _ in range(10)) for _ in range(n)]
+    return [" ".join(("The " + " ".join(rng.sample(words, 12)) + " of the " + rng.choice(words) + ".") for _ in range(10))
+            for _ in range(n)]
 
 
 def _flow_run(client, flow_name: str, **params):

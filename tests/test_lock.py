@@ -151,7 +151,8 @@ def _documents(path: Path, n: int = 40) -> Path:
     """`n` distinct documents of plain English-like prose."""
     rng = random.Random(5)
     docs = [{"id": f"t:{i}", "source": "t", "url": f"https://example.org/{i}", "title": f"Doc {i}",
-             "text": " ".join(" ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "." for _ in range(8)),
+             "text": " ".join("The " + " ".join(rng.choice(WORDS) for _ in range(12)) + " of the " + rng.choice(WORDS) + "."
+                              for _ in range(8)),
              "fetched_at": datetime(2026, 1, 1, tzinfo=timezone.utc)} for i in range(n)]
     return write_documents(path, docs)
 

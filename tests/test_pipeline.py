@@ -18,10 +18,17 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def _prose(n: int, offset: int) -> list[str]:
-    """Real prose: groups of paragraphs from Python's own help topics."""
+    """Real prose: groups of paragraphs from Python's own help topics (prose, not code samples: outside code
+    documentation the quality filter wants 80% of words to hold a letter)."""
     from pydoc_data.topics import topics
 
-    paras = [p.strip() for t in sorted(topics) for p in topics[t].split("\n\n") if len(p.strip()) > 200]
+    from tasks.corpus.filters import split_words
+
+    def prose_like(p: str) -> bool:
+        ws = split_words(p)
+        return sum(any(c.isalpha() for c in w) for w in ws) >= 0.85 * len(ws)
+
+    paras = [p.strip() for t in sorted(topics) for p in topics[t].split("\n\n") if len(p.strip()) > 200 and prose_like(p)]
     return ["\n\n".join(paras[(offset + 3 * i + k) % len(paras)] for k in range(3)) for i in range(n)]
 
 

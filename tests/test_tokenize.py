@@ -1,9 +1,10 @@
 """Tokenize stage: exact round trips, llm.c shard layout, val split, bytes per split, the bigram baseline,
-tokenizer reuse, caching, bad input."""
+tokenizer reuse, caching, bad input, workers (same output for any count, no Prefect in them)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -28,8 +29,18 @@ from model.tokenizer import (
     ranks_to_tiktoken,
     tiktoken_cache_path,
 )
-from tasks.corpus.documents import write_documents
-from tasks.corpus.tokenize import _val_hash, check_tokenize_args, tokenize_corpus, tokenize_task
+from tasks.corpus.documents import TEXT_SEPARATOR, DocumentWriter, escape_text, write_documents
+from tasks.corpus.tokenize import (
+    HASH,
+    PART,
+    TASK_BYTES,
+    _val_hash,
+    check_tokenize_args,
+    encode_piece,
+    plan_pieces,
+    tokenize_corpus,
+    tokenize_task,
+)
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
@@ -360,7 +371,8 @@ _RSS_SCRIPT = textwrap.dedent(
     peaks = []
     for mb in sizes:  # the first run pays the one-time costs (tokenizer, threads)
         tokenize_corpus([tmp / f"c{mb}.parquet"], "gpt2", tmp / f"out{mb}", None, 0.005, "auto", 1_000_000, 2)
-        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        # VmHWM, this process's own peak: ru_maxrss would carry pytest's over the exec
+        peaks.append(int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) // 1024)
     print(*peaks)
     """
 )
@@ -375,15 +387,142 @@ def test_memory_stays_flat_as_corpus_grows(tmp_path):
     assert big - small < 15, (small, big)  # 30 MB more text (7+ more batches), far less extra memory
 
 
-def test_encode_stream_processes_match_threads():
-    """The worker-process path (large corpora) gives the same ids, in order, as the thread path."""
-    from model.tokenizer import encode_stream, get_tokenizer
+# ---- workers: pieces, order, no Prefect, bad input --------------------------------------------------
 
-    texts = [f"Document {i}: ünïcödé 🙂 text, with numbers {i * 7919}.\n" * (i % 5 + 1) for i in range(60)]
-    batches = [texts[i : i + 7] for i in range(0, len(texts), 7)]
-    for tok in (get_tokenizer("gpt2"), get_tokenizer("char", lambda: iter(texts))):
-        threaded = list(encode_stream(tok, batches, 2, processes=False))
-        spawned = list(encode_stream(tok, batches, 2, processes=True))
-        assert [t for t, _ in spawned] == batches
-        assert all(np.array_equal(a, b) for (_, x), (_, y) in zip(threaded, spawned) for a, b in zip(x, y))
-        assert tok.decode(np.concatenate([a for _, ids in spawned for a in ids])) == "".join(texts)
+ESCAPED = ["<|endoftext|> opens it", "a <||endoftext|> inside", "", "last one\n"]
+
+
+def _text_format(path: Path, docs: list[str]) -> Path:
+    path.write_bytes("".join(escape_text(d) + TEXT_SEPARATOR for d in docs).encode("utf-8"))
+    return path
+
+
+def _doc_text(i: int) -> str:
+    words = ["alpha", "Beta", "café", "東京", "1987", "naïve", "x=f(y)", "done."]
+    return f"Doc {i}: " + " ".join(words[(i * k) % len(words)] for k in range(1, 40 + i % 90)) + ("\nNext line" if i % 3 else "")
+
+
+def _mixed_corpus(tmp: Path) -> list[Path]:
+    """Pieces of very different sizes, the largest first (so 2 workers finish them out of order): a 3 MB
+    parquet file, a small one of many row groups, a text-format file, a plain text file above TASK_BYTES
+    (its hash and its parts are pieces of their own)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with DocumentWriter(tmp / "a.parquet", row_group_size=100_000) as w:
+        size, i = 0, 0
+        while size < 3_000_000:
+            w.write({"id": str(i), "source": "s", "url": "", "title": "", "text": _doc_text(i)})
+            size, i = size + len(_doc_text(i)), i + 1
+    with DocumentWriter(tmp / "b.parquet", row_group_size=8) as w:
+        for i in range(50):
+            w.write({"id": str(i), "source": "s", "url": "", "title": "", "text": TEXTS[i % len(TEXTS)] if i % 5 else ""})
+    _text_format(tmp / "c.txt", ESCAPED + TEXTS)
+    para = "The year 1987 saw café prices rise.\nIt's 东京 time 😀, isn't it?\r\n  Indented line.\n\n"
+    (tmp / "d.txt").write_bytes((para * (TASK_BYTES // len(para.encode()) + 2000)).encode("utf-8"))
+    return [tmp / n for n in ("a.parquet", "b.parquet", "c.txt", "d.txt")]
+
+
+def _folder_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_golden_output_unchanged(tmp_path):
+    """The fingerprint (tokenizer + every split's token digest) and split sizes the stage gave before workers
+    read their own pieces: the rewrite changed how the work is done, not the output."""
+    out = tokenize_corpus(_corpus(tmp_path), "gpt2", tmp_path / "out", None, 0.3, "auto", 64, 2)
+    meta = load_meta(out)
+    assert meta["fingerprint"] == "0c5d11740d16ac817f6bd0796410572d8459b50598a54418c2ef90d88f0fd7c9"
+    assert {s: (v["tokens"], v["documents"], v["bytes"]) for s, v in meta["splits"].items()} == {"train": (140, 4, 279), "val": (84, 4, 235)}
+
+
+@pytest.mark.timeout(300)
+def test_workers_give_identical_output_and_import_no_prefect(tmp_path, cook_env):
+    """1 worker (in-process), 2 threads and `cook tokenize --workers 2` (2 spawned processes) write the same
+    bytes: shards, tokenizer and meta (but its input paths). The CLI runs under `-X importtime`, which its
+    spawned workers inherit: each process that imports a module prints it once, so the workers are seen to
+    import tasks.corpus.tokenize, and only the main process Prefect."""
+    files = _mixed_corpus(tmp_path / "in")
+    kinds = [p.kind for p in plan_pieces(files)]
+    assert kinds[:2] == ["rows", "rows"] and HASH in kinds and kinds.count(PART) >= 2
+    one = tokenize_corpus(files, "gpt2", tmp_path / "w1", None, 0.05, "auto", 200_000, 1)
+    threads = tokenize_corpus(files, "gpt2", tmp_path / "t2", None, 0.05, "auto", 200_000, 2, processes=False)
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "tokenize", *map(str, files), "--out",
+                        str(tmp_path / "p2"), "--val-fraction", "0.05", "--shard-tokens", "200000", "--workers", "2"],
+                       env=cook_env, cwd=REPO, capture_output=True, text=True, timeout=280)
+    imports = [line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if not line.startswith("import time:"))[-3000:]
+    assert imports.count("tasks.corpus.tokenize") == 3  # the CLI and its 2 workers
+    assert imports.count("prefect") == 1  # the CLI only
+    want = _folder_bytes(one)
+    assert len([n for n in want if n.startswith("train_")]) > 1 and load_meta(one)["splits"]["val"]["documents"] > 1
+    for other in (threads, tmp_path / "p2"):
+        got = _folder_bytes(other)
+        assert got.keys() == want.keys()
+        assert all(got[n] == want[n] for n in want if n != "meta.json")
+        strip = lambda m: {k: v for k, v in json.loads(m).items() if k != "inputs"}  # noqa: E731
+        assert strip(got["meta.json"]) == strip(want["meta.json"])
+    docs = _split_docs(one, "train")[0] + _split_docs(one, "val")[0]
+    assert sum(d.startswith("Doc ") for d in docs) > 1000 and "<|endoftext|> opens it" in docs  # escapes undone
+
+
+def test_pieces_cut_anywhere_encode_as_the_whole(tmp_path):
+    """Text files cut into small pieces (documents split at separators, one plain text at safe cuts, or not
+    at all where it has none) give each document's exact ids, UTF-8 bytes and hash."""
+    tok = get_tokenizer("gpt2")
+    docs = [t * 3 for t in TEXTS] + ESCAPED + ["x" * 700, "ü" * 300 + "\nA line\nB"]
+    files = [_text_format(tmp_path / "docs.txt", docs)]
+    plain = "".join(f"Line {i}: ünï 東京 {i * 7}\r\nword\n\n  spaced\nNext{i}\n" for i in range(80))
+    (tmp_path / "plain.txt").write_bytes(plain.encode("utf-8"))
+    (tmp_path / "nocut.txt").write_bytes(("東京" * 400).encode("utf-8"))  # no ASCII line start: one part
+    files += [tmp_path / "plain.txt", tmp_path / "nocut.txt"]
+    pieces = plan_pieces(files, task_bytes=97)
+    results = [encode_piece(p, tok, np.dtype(np.uint16)) for p in pieces]
+    assert sum(p.kind == PART for p in pieces) > 20
+    kept = [d for d in docs if d]
+    n = len(kept)
+    lens = np.concatenate([r.lens for p, r in zip(pieces, results) if p.kind == "docs"])
+    ids = np.concatenate([r.ids for p, r in zip(pieces, results) if p.kind == "docs"])
+    assert len(lens) == n
+    for d, part in zip(kept, np.split(ids, np.cumsum(lens)[:-1])):
+        assert part.tolist() == tok.encode(d) + [tok.eot_id]
+    sizes = np.concatenate([r.sizes for p, r in zip(pieces, results) if p.kind == "docs"])
+    hashes = np.concatenate([r.hashes for p, r in zip(pieces, results) if p.kind == "docs"])
+    assert sizes.tolist() == [len(d.encode()) for d in kept]
+    assert [h / 2.0**64 for h in hashes.tolist()] == [_val_hash(d.encode()) for d in kept]
+    for f in files[1:]:
+        mine = [(p, r) for p, r in zip(pieces, results) if p.path == str(f)]
+        text = f.read_bytes()
+        assert mine[0][0].kind == HASH and mine[0][1].hashes[0] / 2.0**64 == _val_hash(text) and mine[0][1].sizes[0] == len(text)
+        assert np.concatenate([r.ids for p, r in mine[1:]]).tolist() == tok.encode(text.decode())
+        assert sum(int(r.sizes[0]) for _, r in mine[1:]) == len(text) and mine[-1][0].last
+
+
+def test_bad_text_input_is_one_line_or_skipped_with_a_warning(tmp_path, caplog):
+    """An integer text column and a non-UTF-8 .txt are one line naming the file; a dictionary-encoded text
+    column is read as text; rows that are not UTF-8 are left out with a warning naming the file and count
+    (what `cook merge` rejects as invalid-utf8), and meta.json counts them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([1, 2, 3])}), tmp_path / "ints.parquet")
+    _one_line_error(lambda: tokenize_corpus([tmp_path / "ints.parquet"], "gpt2", tmp_path / "o1"), r"ints\.parquet: column 'text' is int64, not text")
+    (tmp_path / "latin1.txt").write_bytes("café crème, déjà vu\n".encode("latin-1"))
+    _one_line_error(lambda: tokenize_corpus([tmp_path / "latin1.txt"], "gpt2", tmp_path / "o2"),
+                    r"latin1\.txt: not UTF-8 text \(byte 0xe9 at offset 3\)")
+    (tmp_path / "bad.txt").write_bytes(("ok" + TEXT_SEPARATOR).encode() + b"caf\xe9" + TEXT_SEPARATOR.encode())
+    _one_line_error(lambda: tokenize_corpus([tmp_path / "bad.txt"], "gpt2", tmp_path / "o3"), r"bad\.txt: not UTF-8 text \(byte 0xe9 at offset 20\)")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("o1", "o2", "o3", ".o"))]
+
+    plain = tokenize_corpus([write_documents(tmp_path / "plain.parquet", [{"id": str(i), "source": "s", "url": "", "title": "",
+                                                                            "text": t} for i, t in enumerate(TEXTS)])],
+                            "gpt2", tmp_path / "plain", None, 0.3, "auto", 1000, 1)
+    pq.write_table(pa.table({"text": pa.array(TEXTS).dictionary_encode()}), tmp_path / "dict.parquet")
+    dict_out = tokenize_corpus([tmp_path / "dict.parquet"], "gpt2", tmp_path / "dict", None, 0.3, "auto", 1000, 1)
+    assert load_meta(dict_out)["fingerprint"] == load_meta(plain)["fingerprint"]
+
+    raw = [t.encode() for t in TEXTS[:3]] + [b"caf\xe9 latin-1", b"\xff\xfe"]
+    pq.write_table(pa.table({"text": pa.array(raw, pa.binary()).view(pa.string())}), tmp_path / "mixed.parquet")
+    with caplog.at_level("WARNING", logger="cook.tokenize"):
+        out = tokenize_corpus([tmp_path / "mixed.parquet"], "gpt2", tmp_path / "mixed", None, 0.3, "auto", 1000, 1)
+    assert sorted(_split_docs(out, "train")[0] + _split_docs(out, "val")[0]) == sorted(TEXTS[:3])
+    assert load_meta(out)["skipped"] == {"invalid-utf8": 2}
+    assert any("left out 2 row(s) of" in r.message and "mixed.parquet" in r.message for r in caplog.records)

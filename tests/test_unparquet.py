@@ -21,7 +21,7 @@ from conftest import artifacts_of, new_tag, tagged_flow_runs
 
 from model.errors import CookError
 from tasks.corpus.documents import read_text_documents
-from tasks.corpus.unparquet import FORMATS, SEPARATOR, convert_file, output_path, subset_of
+from tasks.corpus.unparquet import BATCH_BYTES, BATCH_ROWS, FORMATS, SEPARATOR, _batches, _open, batch_rows, convert_file, output_path, subset_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,8 +91,12 @@ def texts_out(path: Path) -> list[str]:
         return pq.read_table(path, columns=["text"]).column("text").to_pylist()
     if path.suffix == ".txt":
         return list(read_text_documents(path))
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    old = csv.field_size_limit(2**31 - 1)  # documents are longer than csv's default 131,072-character field limit
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    finally:
+        csv.field_size_limit(old)
     assert rows[0][:2] == ["id", "text"]
     return [r[1] for r in rows[1:]]
 
@@ -160,7 +164,7 @@ def test_text_format_separator_and_escapes(tmp_path):
     assert raw.startswith("a" + SEPARATOR) and raw.endswith(SEPARATOR)
     assert raw.count("<|endoftext|>") == len(texts)  # only the separators
     assert list(read_text_documents(out)) == texts
-    assert list(read_text_documents(out, chunk_chars=3)) == texts  # separators split across reads
+    assert list(read_text_documents(out, chunk_bytes=3)) == texts  # separators split across reads
 
 
 def test_plain_parquet_without_cosmopedia_columns(tmp_path):
@@ -178,6 +182,49 @@ def test_other_text_column(tmp_path):
     src.parent.mkdir()
     pq.write_table(pa.table({"body": ["b1", "", "b3"], "text": [None, None, None]}), src)
     assert texts_out(Path(convert_file(str(src), tmp_path / "o", "text", column="body")["out"])) == ["b1", "b3"]
+
+
+def test_text_column_types_and_invalid_utf8_rows(tmp_path):
+    """Dictionary-encoded and string_view text columns convert as plain strings do; rows that are not UTF-8 are never
+    written: counted as `invalid_utf8` (reject reason `invalid-utf8`), the others keep their row numbers."""
+    texts = ["one", "two", None, "two", "three"]
+    plain = pa.array(texts, pa.string())
+    bad = pa.array([b"one", b"t\xe9l\xe9", None, b"two", b"\xff"], pa.binary()).view(pa.string())
+    outs = {}
+    for name, col in {"plain": plain, "dict": plain.dictionary_encode(), "view": plain.cast(pa.string_view()), "bad": bad}.items():
+        src = tmp_path / name / "x.parquet"
+        src.parent.mkdir()
+        pq.write_table(pa.table({"text": col}), src)
+        outs[name] = convert_file(str(src), tmp_path / "o" / name, "text")
+    for name in ("dict", "view"):
+        assert Path(outs[name]["out"]).read_bytes() == Path(outs["plain"]["out"]).read_bytes()
+        assert {k: outs[name][k] for k in ("rows", "written", "null_or_empty", "invalid_utf8")} == {
+            "rows": 5, "written": 4, "null_or_empty": 1, "invalid_utf8": 0}
+    r = outs["bad"]
+    assert (r["rows"], r["written"], r["null_or_empty"], r["invalid_utf8"]) == (5, 2, 1, 2)
+    assert list(read_text_documents(r["out"])) == ["one", "two"]
+    out = convert_file(str(tmp_path / "bad" / "x.parquet"), tmp_path / "o" / "badp")["out"]
+    assert pq.read_table(out, columns=["row", "text"]).to_pylist() == [{"row": 0, "text": "one"}, {"row": 3, "text": "two"}]
+
+
+def test_record_batches_are_bounded_by_bytes(tmp_path):
+    """A row group of long documents is read BATCH_BYTES at a time, not BATCH_ROWS rows at a time (1024 x 100 KB
+    would be 100 MB in one batch); a row group of short ones still in batches of BATCH_ROWS rows."""
+    rng = np.random.default_rng(0)
+    block = " ".join(rng.choice(["river", "stone", "light", "north"], 40_000).tolist())
+    long_texts = [block[i % 1000 :][:100_000] for i in range(300)]  # 30 MB
+    src = tmp_path / "d" / "long.parquet"
+    src.parent.mkdir()
+    with pq.ParquetWriter(src, pa.schema([("text", pa.string())])) as w:
+        w.write_table(pa.table({"text": long_texts}))  # one row group
+        w.write_table(pa.table({"text": ["short"] * 3000}))
+    pf = _open(str(src), [])
+    assert batch_rows(pf, 0, "text") == BATCH_BYTES // 100_000
+    assert batch_rows(pf, 1, "text") == BATCH_ROWS
+    sizes = [(b.num_rows, b.column(0).nbytes) for b in _batches(pf, str(src), ["text"])]
+    assert sum(n for n, _ in sizes) == 3300
+    assert max(nbytes for _, nbytes in sizes) <= BATCH_BYTES * 1.05
+    assert max(n for n, _ in sizes) == BATCH_ROWS
 
 
 def make_bad_inputs(folder: Path, good: Path) -> dict[str, Path]:
@@ -200,7 +247,7 @@ def test_bad_inputs_give_clear_errors(cosmo, tmp_path):
         convert_file(str(bad["notparquet"]), tmp_path / "o")
     with pytest.raises(CookError, match=r"notext\.parquet: no 'text' column \(columns: prompt, body\)"):
         convert_file(str(bad["notext"]), tmp_path / "o")
-    with pytest.raises(CookError, match=r"column 'n' holds int64, not text"):
+    with pytest.raises(CookError, match=r"column 'n' is int64, not text"):
         src = tmp_path / "ints.parquet"
         pq.write_table(pa.table({"n": [1, 2]}), src)
         convert_file(str(src), tmp_path / "o", column="n")

@@ -13,16 +13,25 @@ Output formats:
   A text that itself contains `<|endoftext|>` is escaped by one extra `|` (`<||endoftext|>`, and
   `<||endoftext|>` becomes `<|||endoftext|>` ...), so the separator is unambiguous and
   `read_text_documents` gives back the exact texts. Files can be concatenated (`cat`) safely.
-- `csv`: a header row, then columns `CSV_COLUMNS`; every string quoted (quotes doubled), numbers bare,
-  nulls empty and unquoted, rows end with `\n`. Python's `csv.reader` (open with `newline=""`) and
-  pandas read it back exactly, newlines inside texts included.
+- `csv`: a header row, then columns `CSV_COLUMNS`; every string quoted (quotes doubled), numbers
+  bare, nulls empty and unquoted, rows end with `\n`. Python's `csv.reader` (open with `newline=""`)
+  reads it back exactly, newlines inside texts included, once its field limit is raised above the
+  longest text (`csv.field_size_limit(2**31 - 1)`: the default, 131,072 characters, refuses longer
+  documents); `pyarrow.csv.read_csv` needs no setting.
 
 Lossless: the non-null, non-empty texts come out unchanged and in order; null and empty texts are
-counted and skipped.
+counted and skipped. The text column may be string, large_string, string_view or dictionary-encoded
+(`tasks.corpus.documents.text_array`). Arrow does not check that parquet strings are UTF-8: a row that
+is not is never written but rejected (reason `invalid-utf8`), counted in `invalid_utf8`, and its row
+numbers are logged (the first few). Any other column type (an integer `text`) is one CookError line.
+
+Memory: record batches are sized per row group from its text bytes (BATCH_BYTES, at most BATCH_ROWS
+rows), so a row group of long documents is read a few MB at a time, not at once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import datetime, timezone
@@ -38,14 +47,17 @@ from prefect import task
 from model.atomic import atomic_write
 from model.errors import CookError
 from tasks.core.caching import PERSISTED, OutputsCache, file_fingerprint
-from tasks.corpus.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs
+from tasks.corpus.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs, is_text_type, text_array
 from tasks.core.progress import progress
 
 FORMATS = ("parquet", "text", "csv")
 SUFFIX = {"parquet": ".parquet", "text": ".txt", "csv": ".csv"}
 SEPARATOR = TEXT_SEPARATOR  # follows every document in the text format
 _SEP_BYTES = SEPARATOR.encode()
-BATCH_ROWS = 1024  # rows per record batch: a few MB of Cosmopedia text
+BATCH_ROWS = 1024  # rows per record batch at most: a few MB of Cosmopedia text
+BATCH_BYTES = 8 << 20  # text bytes per record batch (from the row group's metadata): long documents, fewer rows
+INVALID_UTF8 = "invalid-utf8"  # the reject reason of a row whose text is not UTF-8 (as `cook merge`'s)
+LOGGED_ROWS = 5  # rejected row numbers named in the log, per file
 READ_BUFFER = 1 << 20  # buffered column reads: memory independent of the row group size
 COSMOPEDIA_COLUMNS = {"prompt", "text_token_length", "seed_data", "format", "audience"}
 
@@ -273,15 +285,16 @@ def _text_column(pf: pq.ParquetFile, src: str, column: str) -> None:
     if column not in names:
         raise CookError(f"{src}: no '{column}' column (columns: {', '.join(names)})")
     t = pf.schema_arrow.field(column).type
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-        raise CookError(f"{src}: column '{column}' holds {t}, not text")
+    if not is_text_type(t):
+        raise CookError(f"{src}: column '{column}' is {t}, not text")
 
 
 def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", column: str = "text", subset: str | None = None) -> dict:
     """Convert one parquet file into one output under `out_dir` (see the module doc); return a summary.
 
-    The summary: src, out, rows, written, null_or_empty, bytes_in_text (UTF-8 bytes of the texts
-    written), seconds. Raises CookError for a file that is not parquet, truncated, or lacks `column`.
+    The summary: src, out, rows, written, null_or_empty, invalid_utf8 (rows rejected, `invalid-utf8`),
+    bytes_in_text (UTF-8 bytes of the texts written), seconds. Raises CookError for a file that is not
+    parquet, truncated, or lacks `column` or whose `column` is not text.
     """
     if fmt not in FORMATS:
         raise CookError(f"unknown format '{fmt}' (choose {', '.join(FORMATS)})")
@@ -300,13 +313,14 @@ def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", col
         id_prefix = f"{source}/{subset}/{stem}/" if subset else f"{source}/{stem}/"
         fetched_at = datetime.now(timezone.utc)
         total = pf.metadata.num_rows
-        stats = {"rows": 0, "written": 0, "null_or_empty": 0, "bytes_in_text": 0}
+        stats = {"rows": 0, "written": 0, "null_or_empty": 0, "invalid_utf8": 0, "bytes_in_text": 0}
+        bad_rows: list[int] = []
 
         sink = _Sink(out, fmt)
         try:
             with progress(f"unparquet {PurePosixPath(_parts(src)[-1]).name}", total=total) as bar:
                 for batch in _batches(pf, src, [column, *present]):
-                    table = _documents(batch, column, present, stats, id_prefix, source, src, subset, fetched_at)
+                    table = _documents(batch, column, present, stats, id_prefix, source, src, subset, fetched_at, bad_rows)
                     if table.num_rows:
                         sink.write(table)
                     bar.advance(batch.num_rows)
@@ -317,12 +331,48 @@ def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", col
     finally:
         for f in stack:
             f.close()
+    if stats["invalid_utf8"]:
+        more = ", …" if stats["invalid_utf8"] > len(bad_rows) else ""
+        _logger().warning("%s: %d rows rejected (%s: text not valid UTF-8): row %s%s", src, stats["invalid_utf8"],
+                          INVALID_UTF8, ", ".join(map(str, bad_rows)), more)
     return {"src": src, "out": str(out), **stats, "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def _logger() -> logging.Logger:
+    """Prefect's run logger inside a task, the module's logger when called as a plain function."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()  # type: ignore[return-value]
+    except Exception:
+        return logging.getLogger(__name__)
+
+
+def batch_rows(pf: pq.ParquetFile, group: int, column: str) -> int:
+    """Rows per record batch for row group `group`: about BATCH_BYTES of `column`'s uncompressed data, at most
+    BATCH_ROWS, at least 1 (from the file's metadata; BATCH_ROWS when it lacks the sizes)."""
+    meta = pf.metadata.row_group(group)
+    if meta.num_rows == 0:
+        return BATCH_ROWS
+    size = 0
+    for j in range(meta.num_columns):
+        c = meta.column(j)
+        if c.path_in_schema.split(".")[0] == column:
+            size += c.total_uncompressed_size or 0
+    if size <= 0:
+        return BATCH_ROWS
+    return max(1, min(BATCH_ROWS, BATCH_BYTES * meta.num_rows // size))
+
+
 def _batches(pf: pq.ParquetFile, src: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """Record batches of `columns` only, row group after row group; a corrupt file becomes a CookError."""
-    it = pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+    """Record batches of `columns` only, row group after row group, each about BATCH_BYTES of text (see
+    `batch_rows`); a corrupt file becomes a CookError."""
+    for group in range(pf.num_row_groups):
+        yield from _group_batches(pf, src, columns, group)
+
+
+def _group_batches(pf: pq.ParquetFile, src: str, columns: list[str], group: int) -> Iterator[pa.RecordBatch]:
+    it = pf.iter_batches(batch_size=batch_rows(pf, group, columns[0]), row_groups=[group], columns=columns, use_threads=False)
     while True:
         try:
             batch = next(it)
@@ -338,22 +388,32 @@ def _batches(pf: pq.ParquetFile, src: str, columns: list[str]) -> Iterator[pa.Re
 
 
 def _documents(batch: pa.RecordBatch, column: str, present: list[str], stats: dict, id_prefix: str, source: str,
-               src: str, subset: str, fetched_at: datetime) -> pa.Table:
-    """Keep rows with a non-empty text; build the output columns (OUT_SCHEMA) for them."""
+               src: str, subset: str, fetched_at: datetime, bad_rows: list[int] | None = None) -> pa.Table:
+    """Keep rows with a non-empty, valid UTF-8 text; build the output columns (OUT_SCHEMA) for them.
+
+    Rows that are not UTF-8 are counted in stats["invalid_utf8"]; the first LOGGED_ROWS of them go to `bad_rows`."""
     n = batch.num_rows
     start = stats["rows"]
     stats["rows"] += n
-    texts = batch.column(column)
+    texts, bad = text_array(batch.column(column), src, column)
     if pa.types.is_large_string(texts.type):
         texts = texts.cast(pa.string())
-    keep = pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)
+    keep = pc.fill_null(pc.greater(pc.binary_length(texts), 0), False)
+    invalid = 0
+    if bad is not None:
+        invalid = int(bad.sum())
+        if bad_rows is not None and len(bad_rows) < LOGGED_ROWS:
+            bad_rows += [start + int(i) for i in bad.nonzero()[0][: LOGGED_ROWS - len(bad_rows)]]
+        keep = pc.and_(keep, pa.array(~bad))
     rows = pa.array(range(start, start + n), pa.int64())
+    batch = batch.select(present)  # the pass-through columns (the text column is `texts`, plain now)
     if pc.all(keep).as_py() is not True:
         rows, texts = rows.filter(keep), texts.filter(keep)
         batch = batch.filter(keep)
     k = len(texts)
     stats["written"] += k
-    stats["null_or_empty"] += n - k
+    stats["invalid_utf8"] += invalid
+    stats["null_or_empty"] += n - k - invalid
     stats["bytes_in_text"] += pc.sum(pc.binary_length(texts)).as_py() or 0
     cols = {
         "id": pc.binary_join_element_wise(pa.scalar(id_prefix), pc.cast(rows, pa.string()), ""),
@@ -388,7 +448,7 @@ def _retryable(task, task_run, state) -> bool:
 
 @task(
     name="unparquet",
-    cache_policy=OutputsCache(outputs=lambda i: [output_path(i["src"], i["out_dir"], i["fmt"])], version="1"),
+    cache_policy=OutputsCache(outputs=lambda i: [output_path(i["src"], i["out_dir"], i["fmt"])], version="2"),  # 2: invalid UTF-8 rows rejected, `invalid_utf8` in the summary
     **PERSISTED,
     retries=2,
     retry_delay_seconds=2,

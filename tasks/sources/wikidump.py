@@ -22,14 +22,11 @@ written atomically, plus `summary.json`. Columns: the document schema + `license
 from __future__ import annotations
 
 import bz2
-import collections
 import json
 import logging
-import multiprocessing
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -43,11 +40,12 @@ from tasks.corpus.documents import SCHEMA as DOC_SCHEMA
 from tasks.corpus.documents import DocumentWriter, read_documents
 from tasks.core.progress import progress
 from tasks.core.spawn import can_spawn
-from tasks.sources.wikitext import clean_wikitext
+from tasks.sources import dumpio
+from tasks.sources.wikitext import PageTimeout, clean_wikitext
 
 __all__ = [
-    "SCHEMA", "LICENSE", "check_wiki_dump_args", "find_index", "dump_lang", "iter_dump_tables",
-    "iter_dump_documents", "extract_dump", "read_dump_task", "dump_titles",
+    "SCHEMA", "LICENSE", "check_wiki_dump_args", "dump_kind", "find_index", "dump_lang", "iter_dump_tables",
+    "iter_dump_documents", "extract_dump", "read_dump_task", "dump_titles", "skipped_names",
 ]
 
 log = logging.getLogger("cook.wikidump")
@@ -55,12 +53,13 @@ log = logging.getLogger("cook.wikidump")
 LICENSE = "CC BY-SA 4.0"
 SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("license", pa.string()), pa.field("revid", pa.int64())])
 SHARD_DOCS = 50_000  # documents per output shard
-SEGMENT_BYTES = 4 << 20  # decompressed XML per work item (plain / bz2 dumps)
 STREAMS_PER_ITEM = 8  # multistream: bz2 streams (of ~100 pages) per work item
-READ_BYTES = 1 << 20  # compressed bytes read at a time
-PROCESS_MIN_BYTES = 32 << 20  # smaller dumps (on disk) are read in-process: workers take ~1 s to start
-MAX_PAGE_BYTES = 256 << 20  # a "page" larger than this is not a page: refuse instead of buffering on
+PROCESS_MIN_BYTES = 16 << 20  # smaller dumps (of XML; bz2 counted x BZ2_RATIO) are read in-process
+BZ2_RATIO = 4  # about how much a pages-articles dump shrinks in bz2
 SUMMARY = "summary.json"
+PAGE_SECONDS = 30.0  # a page cleaning longer is skipped (COOK_WIKI_PAGE_SECONDS overrides)
+BUDGET_MIN_CHARS = 1 << 16  # smaller pages are never timed: they cannot take long
+FAILED_LISTED = 50  # skipped pages named in the counts and the summary (all are counted)
 
 _DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.I)
 _BAD_AMP = re.compile(r"&(?!amp;|#[0-9]+;|#x[0-9a-fA-F]+;)")
@@ -82,15 +81,73 @@ def dump_lang(path: str | os.PathLike) -> str:
     return m.group(1).replace("_", "-") if m else "en"
 
 
-def find_index(path: str | os.PathLike) -> Path | None:
-    """The multistream index beside `X-multistream.xml.bz2` (`X-multistream-index.txt[.bz2]`), if present."""
+_BZ2_MAGIC = re.compile(rb"BZh[1-9]")
+_SPLIT = re.compile(r"^(.*?)(\d*)\.xml(-p\d+p\d+)?\.bz2$")
+_XML_PROLOG = re.compile(rb"(?:\s+|<\?xml[^>]*\?>|<!--.*?-->)*", re.S)
+HEAD_BYTES = 8192  # decompressed bytes looked at to recognise a dump
+
+
+def _xml_head_kind(head: bytes, path: Path) -> None:
+    """Raise unless `head` (the first decompressed bytes) opens a MediaWiki XML dump."""
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    rest = head[_XML_PROLOG.match(head).end():]
+    if rest.startswith(b"<mediawiki"):
+        return
+    if _DTD.match(rest):
+        raise UnsafeDump(f"{path}: the dump declares a DTD (<!DOCTYPE or <!ENTITY): refused, entities are never expanded")
+    raise CookError(f"{path}: not a MediaWiki XML dump (no <mediawiki> root at its start)")
+
+
+def dump_kind(path: str | os.PathLike) -> str:
+    """"bz2" or "xml": what `path` holds, told by its content, never its name.
+
+    bz2: the magic `BZh1`..`BZh9`, and its first decompressed bytes open a `<mediawiki` root. XML: `<mediawiki`
+    after an optional BOM, XML declaration, comments and whitespace. Anything else is a one-line CookError naming
+    the file (a DTD is refused as UnsafeDump)."""
     p = Path(path)
-    if not p.name.endswith(".xml.bz2"):
+    try:
+        with open(p, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            if not _BZ2_MAGIC.match(head):
+                _xml_head_kind(head, p)
+                return "xml"
+            d, out, chunk = bz2.BZ2Decompressor(), b"", head
+            while len(out) < HEAD_BYTES and not d.eof:  # a bz2 block (<= 900 kB) must be read whole first
+                if not chunk and d.needs_input:
+                    chunk = f.read(1 << 16)
+                    if not chunk:
+                        break
+                out += d.decompress(chunk, HEAD_BYTES - len(out))
+                chunk = b""
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise CookError(f"{p}: cannot read the dump ({type(e).__name__})") from None
+        raise CookError(f"{p}: not a valid bz2 file ({e})") from None
+    except EOFError as e:
+        raise CookError(f"{p}: not a valid bz2 file ({e})") from None
+    if not out and not d.eof:
+        raise CookError(f"{p}: the bz2 data ends before its first block is complete (a truncated dump?)")
+    _xml_head_kind(out, p)
+    return "bz2"
+
+
+def find_index(path: str | os.PathLike) -> Path | None:
+    """The multistream index beside a multistream dump, if present:
+    `X-multistream.xml.bz2` -> `X-multistream-index.txt[.bz2]`, and the split files
+    `X-multistream1.xml-p1p41242.bz2` -> `X-multistream-index1.txt-p1p41242[.bz2]`."""
+    p = Path(path)
+    m = _SPLIT.match(p.name)
+    if not m:
         return None
-    stem = p.name[: -len(".xml.bz2")]
-    for name in (stem + "-index.txt.bz2", stem + "-index.txt"):
-        if (p.parent / name).is_file():
-            return p.parent / name
+    prefix, num, span = m.group(1), m.group(2), m.group(3) or ""
+    stems = [f"{prefix}-index{num}.txt{span}"]
+    if num:  # a name that merely ends in digits (`dump2024.xml.bz2`)
+        stems.append(f"{prefix}{num}-index.txt{span}")
+    for stem in stems:
+        for name in (stem + ".bz2", stem):
+            if (p.parent / name).is_file():
+                return p.parent / name
     return None
 
 
@@ -126,7 +183,7 @@ def newest_dump() -> Path:
     from tasks.core.settings import get_settings
 
     folder = get_settings().data_dir / "dumps"
-    found = [p for pat in ("*pages-articles*.xml", "*pages-articles*.xml.bz2") for p in folder.glob(pat)]
+    found = [p for p in folder.glob("*pages-articles*.xml*") if p.name.endswith(".xml") or p.name.endswith(".bz2")]
     if not found:
         raise CookError(f"no dump given and none in {folder} (download a *pages-articles*.xml.bz2 there, or pass one)")
     return max(found, key=lambda p: (p.stat().st_mtime, p.name))
@@ -138,15 +195,7 @@ def check_wiki_dump_args(dump: str, out: str | None = None, workers: int | None 
     p = Path(dump)
     if not p.is_file():
         raise CookError(f"dump not found: {dump}")
-    if not (p.name.endswith(".xml") or p.name.endswith(".xml.bz2")):
-        raise CookError(f"{dump}: not a pages-articles dump (expected a .xml or .xml.bz2 file)")
-    with open(p, "rb") as f:
-        head = f.read(4096)
-    if p.name.endswith(".bz2"):
-        if not head.startswith(b"BZh"):
-            raise CookError(f"{dump}: not a bz2 file")
-    elif not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
-        raise CookError(f"{dump}: not an XML file")
+    dump_kind(p)
     if workers is not None and workers < 1:
         raise CookError(f"--workers must be at least 1 (got {workers})")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -191,11 +240,24 @@ def _between(block: str, open_: str, close: str, start: int = 0) -> tuple[str, i
 
 
 def _empty_stats() -> dict:
-    return {"pages": 0, "kept": 0, "namespace": 0, "redirect": 0, "empty": 0, "xml_bytes": 0, "truncated": False}
+    return {"pages": 0, "kept": 0, "namespace": 0, "redirect": 0, "empty": 0, "failed": 0, "failed_pages": [],
+            "xml_bytes": 0, "truncated": False}
+
+
+def _page_seconds() -> float:
+    """The time one page may take to clean (COOK_WIKI_PAGE_SECONDS, default PAGE_SECONDS)."""
+    try:
+        return float(os.environ.get("COOK_WIKI_PAGE_SECONDS") or PAGE_SECONDS)
+    except ValueError:
+        return PAGE_SECONDS
 
 
 def parse_segment(data: bytes, lang: str) -> tuple[pa.Table, dict]:
-    """Documents of the whole `<page>` blocks in `data` (decompressed XML), and counts of what was skipped."""
+    """Documents of the whole `<page>` blocks in `data` (decompressed XML), and counts of what was skipped.
+
+    Every page is isolated: one that raises, or that runs past its time budget (pages over BUDGET_MIN_CHARS of
+    wikitext only: smaller ones cannot), is skipped and listed in `failed_pages` (id, title, reason; the first
+    FAILED_LISTED), and the others go on. An entity the dump does not define (UnsafeDump) still stops the run."""
     if _DTD.search(data):
         raise UnsafeDump("the dump declares a DTD (<!DOCTYPE or <!ENTITY): refused, entities are never expanded")
     stats = _empty_stats()
@@ -203,6 +265,7 @@ def parse_segment(data: bytes, lang: str) -> tuple[pa.Table, dict]:
     s = data.decode("utf-8", errors="replace")
     cols: dict[str, list] = {k: [] for k in SCHEMA.names}
     base = f"https://{lang}.wikipedia.org/wiki/"
+    budget = _page_seconds()
     pos = 0
     while True:
         a = s.find("<page>", pos)
@@ -222,30 +285,46 @@ def parse_segment(data: bytes, lang: str) -> tuple[pa.Table, dict]:
         if "<redirect" in block[: rev_at if rev_at >= 0 else len(block)]:
             stats["redirect"] += 1
             continue
-        title = xml_unescape(_between(block, "<title>", "</title>")[0])
+        title, _ = _between(block, "<title>", "</title>")
         pageid, _ = _between(block, "<id>", "</id>")
-        revid, _ = _between(block, "<id>", "</id>", rev_at) if rev_at >= 0 else ("", -1)
-        ts, _ = _between(block, "<timestamp>", "</timestamp>", max(rev_at, 0))
-        raw = ""
-        t = block.find("<text", max(rev_at, 0))
-        if t >= 0:
-            gt = block.find(">", t)
-            if gt > 0 and block[gt - 1] != "/":
-                end = block.find("</text>", gt)
-                raw = block[gt + 1: end if end >= 0 else len(block)]
-        text = clean_wikitext(xml_unescape(raw)) if raw else ""
-        if not text:
-            stats["empty"] += 1
+        try:
+            title = xml_unescape(title)
+            revid, _ = _between(block, "<id>", "</id>", rev_at) if rev_at >= 0 else ("", -1)
+            ts, _ = _between(block, "<timestamp>", "</timestamp>", max(rev_at, 0))
+            raw = ""
+            t = block.find("<text", max(rev_at, 0))
+            if t >= 0:
+                gt = block.find(">", t)
+                if gt > 0 and block[gt - 1] != "/":
+                    end = block.find("</text>", gt)
+                    raw = block[gt + 1: end if end >= 0 else len(block)]
+            if raw:
+                deadline = time.monotonic() + budget if len(raw) > BUDGET_MIN_CHARS else None
+                text = clean_wikitext(xml_unescape(raw), deadline)
+            else:
+                text = ""
+            if not text:
+                stats["empty"] += 1
+                continue
+            pid = pageid.strip()
+            row = (f"wikipedia:{lang}:{pid}", base + quote(title.replace(" ", "_"), safe=";@$!*(),/~:"), title, text,
+                   _timestamp(ts), int(revid) if revid.strip().isdigit() else None)
+        except UnsafeDump:
+            raise
+        except Exception as e:  # this page only: skipped, named in the summary, and the run goes on
+            reason = f"over its {budget:g} s time budget" if isinstance(e, PageTimeout) else f"{type(e).__name__}: {e}"
+            stats["failed"] += 1
+            if len(stats["failed_pages"]) < FAILED_LISTED:
+                stats["failed_pages"].append({"id": pageid.strip(), "title": title, "reason": reason[:200]})
             continue
-        pid = pageid.strip()
-        cols["id"].append(f"wikipedia:{lang}:{pid}")
+        cols["id"].append(row[0])
         cols["source"].append("wikipedia")
-        cols["url"].append(base + quote(title.replace(" ", "_"), safe=";@$!*(),/~:"))
-        cols["title"].append(title)
-        cols["text"].append(text)
-        cols["fetched_at"].append(_timestamp(ts))
+        cols["url"].append(row[1])
+        cols["title"].append(row[2])
+        cols["text"].append(row[3])
+        cols["fetched_at"].append(row[4])
         cols["license"].append(LICENSE)
-        cols["revid"].append(int(revid) if revid.strip().isdigit() else None)
+        cols["revid"].append(row[5])
         stats["kept"] += 1
     # timestamps go in as microseconds: converting datetimes would import pandas in every worker
     fetched = pa.array(cols.pop("fetched_at"), pa.int64()).cast(SCHEMA.field("fetched_at").type)
@@ -270,81 +349,20 @@ def _timestamp(ts: str) -> int | None:
 _US = timedelta(microseconds=1)
 
 
-def _decompress_all(data: bytes) -> tuple[bytes, bool]:
-    """Decompress concatenated bz2 streams; (xml, complete). An incomplete last stream gives what it had."""
-    parts: list[bytes] = []
-    while data:
-        d = bz2.BZ2Decompressor()
-        try:
-            parts.append(d.decompress(data))
-        except OSError:
-            return b"".join(parts), False
-        if not d.eof:
-            return b"".join(parts), False
-        data = d.unused_data
-    return b"".join(parts), True
-
-
 def parse_streams(path: str, start: int, end: int, lang: str) -> tuple[pa.Table, dict]:
     """Multistream worker: decompress the bz2 streams in bytes [start, end) of `path` and parse their pages."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        raw = f.read(end - start)
-    xml, complete = _decompress_all(raw)
-    complete = complete and len(raw) == end - start
+    xml, complete, compressed = dumpio.read_streams(path, start, end)
     cut = xml.rfind(b"</page>")
     table, stats = parse_segment(xml[: cut + 7] if cut >= 0 else b"", lang)
     rest = xml[cut + 7:] if cut >= 0 else xml
     if not complete or b"<page>" in rest:
         stats["truncated"] = True
     stats["xml_bytes"] = len(xml)
-    stats["compressed"] = len(raw)
+    stats["compressed"] = compressed
     return table, stats
 
 
 # --- producing work items (main process) ---------------------------------------------------------
-
-
-class _Progress:
-    """What the producer learnt: compressed bytes read, whether the dump ended cleanly."""
-
-    def __init__(self) -> None:
-        self.bytes_read = 0
-        self.truncated = False
-        self.reason = ""
-
-
-def _chunks(path: Path, state: _Progress) -> Iterator[bytes]:
-    """Decompressed bytes of a plain or bz2 (possibly multi-stream) file; flags a cut-off bz2 stream."""
-    with open(path, "rb") as f:
-        if not path.name.endswith(".bz2"):
-            while chunk := f.read(READ_BYTES):
-                state.bytes_read = f.tell()
-                yield chunk
-            return
-        d, fed = bz2.BZ2Decompressor(), False
-        while True:
-            c = f.read(READ_BYTES)
-            if not c:
-                break
-            state.bytes_read = f.tell()
-            while c:
-                try:
-                    out = d.decompress(c)
-                except OSError as e:
-                    if state.bytes_read <= READ_BYTES and not fed:
-                        raise CookError(f"{path}: not a valid bz2 file ({e})") from None
-                    state.truncated, state.reason = True, f"corrupt bz2 data near byte {state.bytes_read} ({e})"
-                    return
-                fed = True
-                if out:
-                    yield out
-                if d.eof:
-                    c, d, fed = d.unused_data, bz2.BZ2Decompressor(), False
-                else:
-                    c = b""
-        if fed:
-            state.truncated, state.reason = True, "the bz2 stream ends before its end-of-stream marker"
 
 
 def _check_header(head: bytes, path: Path) -> None:
@@ -352,40 +370,6 @@ def _check_header(head: bytes, path: Path) -> None:
         raise UnsafeDump(f"{path}: the dump declares a DTD (<!DOCTYPE or <!ENTITY): refused, entities are never expanded")
     if b"<mediawiki" not in head:
         raise CookError(f"{path}: not a MediaWiki XML dump (no <mediawiki> element at its start)")
-
-
-def _segments(path: Path, state: _Progress) -> Iterator[bytes]:
-    """Cut the decompressed XML into segments of whole pages (~SEGMENT_BYTES each)."""
-    buf = b""
-    checked = False
-    ended = False
-    for chunk in _chunks(path, state):
-        buf = buf + chunk if buf else chunk
-        if not checked:
-            first = buf.find(b"<page>")
-            if first < 0 and len(buf) < (1 << 20):
-                continue
-            _check_header(buf[: first if first >= 0 else len(buf)], path)
-            checked = True
-        if len(buf) >= SEGMENT_BYTES:
-            cut = buf.rfind(b"</page>")
-            if cut >= 0:
-                yield buf[: cut + 7]
-                buf = buf[cut + 7:]
-            elif len(buf) > MAX_PAGE_BYTES:
-                raise CookError(f"{path}: a page over {MAX_PAGE_BYTES >> 20} MB near byte {state.bytes_read} (not a pages-articles dump?)")
-    if not checked:
-        _check_header(buf[: max(buf.find(b"<page>"), 0) or len(buf)], path)
-    cut = buf.rfind(b"</page>")
-    if cut >= 0:
-        yield buf[: cut + 7]
-        buf = buf[cut + 7:]
-    ended = b"</mediawiki>" in buf
-    if not ended and not state.truncated:
-        state.truncated = True
-        state.reason = "a page is cut off" if b"<page>" in buf else "no closing </mediawiki>"
-    elif b"<page>" in buf and not state.truncated:
-        state.truncated, state.reason = True, "a page is cut off"
 
 
 def _stream_ranges(path: Path, index: Path) -> tuple[int, list[tuple[int, int]], bool]:
@@ -400,28 +384,7 @@ def _stream_ranges(path: Path, index: Path) -> tuple[int, list[tuple[int, int]],
     return offsets[0], list(zip(bounds[:-1], bounds[1:])), past_end
 
 
-# --- the ordered, bounded pool ------------------------------------------------------------------
-
-
-def _ordered(fn: Callable, items: Iterator[tuple], workers: int) -> Iterator[tuple]:
-    """`fn(*item)` for each item, in order; on `workers` spawned processes with at most 2×workers in flight."""
-    if workers <= 1:
-        for item in items:
-            yield fn(*item)
-        return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    inflight: collections.deque = collections.deque()
-    try:
-        for item in items:
-            inflight.append(pool.submit(fn, *item))
-            if len(inflight) >= 2 * workers:
-                yield inflight.popleft().result()
-        while inflight:
-            yield inflight.popleft().result()
-    finally:
-        for fut in inflight:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+# --- reading (bytes: tasks/sources/dumpio.py) ------------------------------------------------------
 
 
 def default_workers() -> int:
@@ -430,50 +393,63 @@ def default_workers() -> int:
 
 def iter_dump_tables(
     dump: str | os.PathLike, workers: int | None = None, on_bytes: Callable[[int], None] | None = None,
-    use_index: bool = True, processes: bool | None = None,
+    use_index: bool = True, processes: bool | None = None, decoder_threads: int | None = None,
+    use_ibz2: bool = True,
 ) -> Iterator[tuple[pa.Table, dict]]:
     """Yield `(documents table, counts)` per work item, in dump order. The last counts carry `truncated` and
-    `reason` for the whole dump. `on_bytes(n)` is told each time more compressed bytes were read.
+    `reason` for the whole dump (and `decoder`). `on_bytes(n)` is told each time more compressed bytes were read.
 
-    `processes`: work in `workers` processes (default: when the dump is at least PROCESS_MIN_BYTES); never in a
-    daemonic process (a Dask worker), which may not start any: there the work stays in-process."""
+    `processes`: parse in `workers` processes (default: when the dump holds at least PROCESS_MIN_BYTES of XML,
+    a bz2 file counted x BZ2_RATIO); never in a daemonic process (a Dask worker), which may not start any: there
+    the parsing stays in-process. Either way a plain or single-stream bz2 dump is read and decompressed on a
+    thread ahead of the parsing. `decoder_threads`: bz2 decoder threads (default `dumpio.decoder_threads`);
+    `use_ibz2=False` decodes with the standard library only."""
     path = Path(dump)
     lang = dump_lang(path)
+    kind = dump_kind(path)
     workers = workers or default_workers()
     if processes is None:
-        processes = path.stat().st_size >= PROCESS_MIN_BYTES
+        processes = path.stat().st_size * (BZ2_RATIO if kind == "bz2" else 1) >= PROCESS_MIN_BYTES
     if not processes or not can_spawn():
         workers = 1
-    index = find_index(path) if use_index else None
-    final = {"truncated": False, "reason": ""}
+    index = find_index(path) if use_index and kind == "bz2" else None
+    final: dict = {"truncated": False, "reason": ""}
     if index is not None:
         header_end, ranges, past_end = _stream_ranges(path, index)
         with open(path, "rb") as f:
-            head, _ = _decompress_all(f.read(header_end))
-        _check_header(head[:1 << 20], path)
+            head, _ = dumpio.decompress_streams(f.read(header_end))
+        _check_header(head[: dumpio.HEADER_BYTES], path)
         items = ((str(path), a, b, lang) for a, b in ranges)
-        for table, stats in _ordered(parse_streams, items, workers):
-            if on_bytes:
-                on_bytes(stats["compressed"])
-            if stats["truncated"]:
-                final = {"truncated": True, "reason": "the last bz2 stream is cut off"}
-            yield table, stats
+        results = dumpio.ordered(parse_streams, items, workers)
+        try:
+            for table, stats in results:
+                if on_bytes:
+                    on_bytes(stats["compressed"])
+                if stats["truncated"]:
+                    final = {"truncated": True, "reason": "the last bz2 stream is cut off"}
+                yield table, stats
+        finally:
+            results.close()
         if past_end and not final["truncated"]:
             final = {"truncated": True, "reason": "the index lists streams past the end of the file"}
+        final["decoder"] = "bz2 (multistream, in the workers)"
     else:
-        state = _Progress()
-        last = [0]
-
-        def items() -> Iterator[tuple]:
-            for seg in _segments(path, state):
-                yield seg, lang
-
-        for table, stats in _ordered(parse_segment, items(), workers):
-            if on_bytes and state.bytes_read > last[0]:
-                on_bytes(state.bytes_read - last[0])
-                last[0] = state.bytes_read
-            yield table, stats
-        final = {"truncated": state.truncated, "reason": state.reason}
+        state = dumpio.ReadState()
+        threads = decoder_threads or dumpio.decoder_threads(workers)
+        chunks = dumpio.decompressed_chunks(path, state, kind, threads, use_ibz2=use_ibz2)
+        segs = dumpio.ahead(dumpio.segments(chunks, state, path, _check_header))
+        results = dumpio.ordered(parse_segment, ((seg, lang) for seg in segs), workers)
+        last = 0
+        try:
+            for table, stats in results:
+                if on_bytes and state.bytes_read > last:
+                    on_bytes(state.bytes_read - last)
+                    last = state.bytes_read
+                yield table, stats
+        finally:
+            results.close()
+            segs.close()
+        final = {"truncated": state.truncated, "reason": state.reason, "decoder": state.decoder}
     yield pa.table({k: [] for k in SCHEMA.names}, schema=SCHEMA), {**_empty_stats(), **final, "final": True}
 
 
@@ -511,8 +487,12 @@ def extract_dump(
                 if stats.get("final"):
                     final = stats
                     continue
-                for k in ("pages", "kept", "namespace", "redirect", "empty", "xml_bytes"):
-                    totals[k] += stats[k]
+                for k in ("pages", "kept", "namespace", "redirect", "empty", "failed", "xml_bytes"):
+                    totals[k] += stats.get(k, 0)
+                for page in stats.get("failed_pages", ()):
+                    log.warning("wiki-dump: skipped page %r (id %s): %s", page["title"], page["id"], page["reason"])
+                    if len(totals["failed_pages"]) < FAILED_LISTED:
+                        totals["failed_pages"].append(page)
                 start = 0
                 while start < table.num_rows:
                     if writer is None:
@@ -538,7 +518,9 @@ def extract_dump(
             "multistream": use_index and find_index(path) is not None,
             "pages_seen": totals["pages"],
             "kept": totals["kept"],
-            "skipped": {"namespace": totals["namespace"], "redirect": totals["redirect"], "empty": totals["empty"]},
+            "skipped": {"namespace": totals["namespace"], "redirect": totals["redirect"], "empty": totals["empty"],
+                        "failed": totals["failed"]},
+            "skipped_pages": totals["failed_pages"],  # the first FAILED_LISTED pages that raised or ran too long
             "truncated": bool(final.get("truncated")),
             "truncation": final.get("reason", ""),
             "xml_mb": round(totals["xml_bytes"] / 1e6, 3),
@@ -550,6 +532,14 @@ def extract_dump(
         log.warning("wiki-dump: %s is truncated (%s): kept the %d complete pages before the cut",
                     path, summary["truncation"], totals["pages"])
     return summary
+
+
+def skipped_names(summary: dict) -> str:
+    """`'Title' (id 12): reason; ...` for the listed skipped pages (the summary keeps the first FAILED_LISTED)."""
+    pages = summary.get("skipped_pages") or []
+    names = "; ".join(f"{p['title']!r} (id {p['id']}): {p['reason']}" for p in pages)
+    more = summary["skipped"].get("failed", 0) - len(pages)
+    return names + (f"; and {more} more" if more > 0 else "")
 
 
 def _read_dump(dump: Path, out: str, workers: int | None = None) -> dict:
