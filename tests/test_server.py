@@ -290,9 +290,13 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
                 out = tmp_path / "both"
                 params = {"queries": ["Delta"], "max_pages": 5, "depth": 0, "out": str(out)}
                 before = Counter(fake.parse_counts)
+                # a slow wiki keeps the first run on the folder for seconds: the two runs' processes start a few
+                # seconds apart, and a fast first run could end before the second asks for the folder
+                fake.latency_s = 1.5
                 both = [client.create_flow_run_from_deployment(client.read_deployment_by_name(f"scrape-wikipedia/{name}").id,
                                                                parameters=params) for name in ("default", "nightly")]
                 ended = [_wait_final(client, fr.id, run_count=1) for fr in both]
+                fake.latency_s = 0.0
                 assert all(fr.state.is_completed() for fr in ended), [fr.state for fr in ended]
                 said = [log.message for log in _logs_of(client, [fr.id for fr in both])]
                 assert sum(m.startswith(f"waiting for {out}") for m in said) == 1, said
