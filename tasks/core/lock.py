@@ -209,6 +209,9 @@ def _ensure_limit(client, name: str) -> None:
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
 
 
+HOLDER_INFO_WAIT_S = 3.0  # how long a waiting run looks for the holder's info before saying it waits on "a run"
+
+
 def _full_for(error: BaseException) -> float | None:
     """Seconds to wait when an acquisition found the limit full (HTTP 423 and its Retry-After, kept within
     0.5-5 s), else None."""
@@ -232,6 +235,7 @@ def _take_slot(client, name: str, out: Path, lock: Path, logger) -> str:
     run_id, _ = _flow_run()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
     said, released = False, set()
+    first_full = None  # when the limit was first found full
     while True:
         try:
             answer = client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency",
@@ -253,12 +257,14 @@ def _take_slot(client, name: str, out: Path, lock: Path, logger) -> str:
                 client.release_concurrency_slots_with_lease(UUID(stale))
             logger.info("%s: the run that held it (%s) is gone; its slot is given back", out, describe(info))
             continue
-        if not said:
+        first_full = first_full or time.monotonic()
+        # the holder takes the slot, then writes its info: give it a moment, so the line can name it
+        if not said and (info or time.monotonic() - first_full >= HOLDER_INFO_WAIT_S):
             whom = describe(info, flow_run=True) if info else "a run on the Prefect server"
             logger.info("waiting for %s: another cook run is writing it (%s); this run goes on when that one ends "
                         "(global concurrency limit %s)", out, whom, name)
             said = True
-        time.sleep(wait)
+        time.sleep(wait if said else min(wait, 0.25))
 
 
 def _renew(lease: str, stop: threading.Event, logger) -> None:
