@@ -642,7 +642,7 @@ _BAND_REC = np.dtype([("key", "<u8"), ("idx", "<i8")])
 _PAIR = np.dtype([("idx", "<i8"), ("par", "<i8")])
 
 
-class _Partitions:
+class HashPartitions:
     """Records appended to `parts` files by the top bits of their first field, through a bounded buffer."""
 
     def __init__(self, folder: Path, name: str, dtype: np.dtype, bits: int, buffer_bytes: int):
@@ -728,11 +728,11 @@ class DiskDedup(_Base):
         try:
             exp = expected_docs or 1 << 20
             ebits = self._bits(exp * _EXACT_REC.itemsize)
-            self._exact = _Partitions(self.folder, "exact", _EXACT_REC, ebits, self.memory // 8)
+            self._exact = HashPartitions(self.folder, "exact", _EXACT_REC, ebits, self.memory // 8)
             self._bandp = None
             if near:
                 nbits = self._bits(exp * config.bands * _BAND_REC.itemsize)
-                self._bandp = _Partitions(self.folder, "bands", _BAND_REC, nbits, self.memory // 8)
+                self._bandp = HashPartitions(self.folder, "bands", _BAND_REC, nbits, self.memory // 8)
         except BaseException:
             self.close()
             raise

@@ -59,7 +59,7 @@ from prefect import task
 from model.atomic import atomic_dir, atomic_write
 from model.errors import CookError
 from tasks.core.caching import PERSISTED, OutputsCache
-from tasks.corpus.dedup import EXACT_BYTES_PER_DOC, NEAR_BYTES_PER_DOC, DiskDedup, MemoryDedup, _Partitions, open_dedup
+from tasks.corpus.dedup import EXACT_BYTES_PER_DOC, NEAR_BYTES_PER_DOC, DiskDedup, MemoryDedup, HashPartitions, open_dedup
 from tasks.corpus.documents import (
     REJECTS_DIR,
     REQUIRED,
@@ -310,7 +310,7 @@ def _newest_copies(files: list[Path], schema: pa.Schema, scratch: Path, memory: 
     folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=scratch)) if on_disk else None
     try:
         if on_disk:
-            parts = _Partitions(folder, "ids", np.dtype([("h", np.uint64)]), 8, memory // 4)
+            parts = HashPartitions(folder, "ids", np.dtype([("h", np.uint64)]), 8, memory // 4)
             for ids, _ in _id_batches(files, schema):
                 parts.extend(_id_hashes(ids).view(parts.dtype))
             parts.flush()
