@@ -8,7 +8,9 @@ cover the whole stage (Prefect imported beforehand, as in every real run): readi
 shards, and the bigram baseline (fitted on the first 50M train tokens, in the main process, after the shards). `encode_s` is the time to the shards, without
 the baseline. Peak RSS is the largest of the child's own (VmHWM) and its workers' (ru_maxrss: an upper bound). CPU seconds are the
 child's and its workers' together: on a loaded machine they stay honest where wall times do not, and
-`2 x baseline_cpu / cook_cpu` bounds what 2 idle cores could give. Prints one JSON line.
+`2 x baseline_cpu / cook_cpu` bounds what 2 idle cores could give. The ceiling: one process per core doing nothing
+but `encode_ordinary` on equal shares of the same texts, started together (on a 2-vCPU VM two such processes do
+not reach 2x). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -74,6 +76,42 @@ def make_corpus(folder: Path, mb: int, seed: int = 0) -> list[Path]:
     return [path]
 
 
+def _encode_share(texts: list[str], start, done) -> None:
+    """One of the ceiling's processes: encode its share of the texts once all are ready; report its wall time."""
+    from model.tokenizer import get_tokenizer
+
+    enc = get_tokenizer("gpt2").enc
+    enc.encode_ordinary("warm up")
+    start.wait()
+    t = time.perf_counter()
+    for text in texts:
+        enc.encode_ordinary(text)
+    done.put(time.perf_counter() - t)
+
+
+def parallel_ceiling(texts: list[str], procs: int) -> float:
+    """Wall time for `procs` processes that do nothing but encode_ordinary, each on an equal share of the texts
+    (by bytes), started together: what this machine's cores give at best, with no reading, writing or IPC."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # the children inherit the texts: nothing is copied through a pipe
+    shares: list[list[str]] = [[] for _ in range(procs)]
+    sizes = [0] * procs
+    for text in sorted(texts, key=len, reverse=True):
+        i = sizes.index(min(sizes))
+        shares[i].append(text)
+        sizes[i] += len(text)
+    start, done = ctx.Barrier(procs + 1), ctx.Queue()
+    children = [ctx.Process(target=_encode_share, args=(share, start, done)) for share in shares]
+    for c in children:
+        c.start()
+    start.wait()
+    walls = [done.get() for _ in children]
+    for c in children:
+        c.join()
+    return max(walls)
+
+
 def run_cook(files: list[Path], out: Path, workers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([str(f) for f in files]), str(out), str(workers)],
@@ -103,13 +141,19 @@ def main() -> None:
         # baseline: single-thread tiktoken encode_ordinary, timing the encoding only
         enc = get_tokenizer("gpt2").enc
         n_bytes, base_s, base_cpu = 0, 0.0, 0.0
+        texts: list[str] = []
         for f in files:
             for text in iter_texts(f):
+                texts.append(text)
                 n_bytes += len(text.encode("utf-8"))
                 t, c = time.perf_counter(), time.process_time()
                 enc.encode_ordinary(text)
                 base_s += time.perf_counter() - t
                 base_cpu += time.process_time() - c
+
+        # the same encoding split over every core, nothing else: the most any worker count can reach here
+        ceiling_s = parallel_ceiling(texts, cores) if cores > 1 else base_s
+        del texts
 
         runs = {}
         for w in counts:
@@ -134,6 +178,8 @@ def main() -> None:
         "mb": round(n_bytes / 1e6, 1),
         "baseline_mb_per_s": round(n_bytes / 1e6 / base_s, 2),
         "baseline_cpu_s": round(base_cpu, 1),
+        # `cores` processes doing only encode_ordinary on equal shares: the speed-up this machine allows at best
+        f"ceiling_{cores}_processes_speedup": round(base_s / ceiling_s, 2),
         "workers": {str(w): r for w, r in runs.items()},
         f"speedup_{hi}_over_{lo}_workers": round(runs[lo]["seconds"] / runs[hi]["seconds"], 2),
         "same_output": same,  # meta.json (with every split's digest) identical across worker counts

@@ -184,17 +184,27 @@ def _check_dask(dask: Optional[str]) -> None:
         user_error(e, EXIT_USAGE)
 
 
-def _check_out(path: Optional[Path], default: Optional[str] = None, flag: str = "--out") -> None:
+def _check_out(path: Optional[Path | str], default: Optional[str] = None, flag: str = "--out") -> None:
     """An output folder that cannot be written is a usage error (exit 2), found before anything runs: a temporary
     folder is made (and removed) in it or in its nearest existing parent. Permission bits alone would not tell:
-    root ignores them, and /proc or a read-only mount refuse root too."""
+    root ignores them, and /proc or a read-only mount refuse root too. A URL (COOK_DATA_DIR or the flag) gets a
+    cheap probe (`_check_url`): a store that cannot be opened at all is the same one-line usage error."""
     import tempfile
 
+    from model import storage
     from tasks.core.settings import SOURCE_DIRS, get_settings
 
     if path is None:
-        target = get_settings().data_dir / (SOURCE_DIRS.get(default, default) if default else "")
+        sub = SOURCE_DIRS.get(default, default) if default else ""
+        settings = get_settings()
+        if settings.data_url:
+            _check_url(settings.location(*([sub] if sub else [])), "the output folder {} (under COOK_DATA_DIR)")
+            return
+        target = settings.data_dir / sub
         what = f"the output folder {target} (under COOK_DATA_DIR)"
+    elif storage.is_remote(path):
+        _check_url(str(path), flag + " {}")
+        return
     else:
         target = Path(path)
         what = f"{flag} {target}"
@@ -207,6 +217,44 @@ def _check_out(path: Optional[Path], default: Optional[str] = None, flag: str = 
         tempfile.TemporaryDirectory(dir=probe, prefix=".cook-probe-").cleanup()
     except OSError as e:
         fail(f"{what}: cannot write in {probe} ({e.strerror or type(e).__name__})", EXIT_USAGE)
+
+
+def _location(loc: Optional[str]) -> Optional[str]:
+    """An --out as given: a URL kept as it is, a path normalized as a Path would (`out/` -> `out`)."""
+    from model import storage
+
+    return loc if loc is None or storage.is_remote(loc) else str(storage.local_path(loc))  # file:///x -> /x
+
+
+def _shown(loc) -> str:
+    """A location as printed: a URL without credentials (model/storage.py redact), a path as it is."""
+    from model import storage
+
+    return storage.redact(str(loc))
+
+
+_BUCKET_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}  # a URL's first part names a bucket (container)
+
+
+def _check_url(url: str, what: str) -> None:
+    """A URL output: its protocol must be one fsspec opens here, and its bucket (or top folder) must answer one
+    listing; whether it may be written is left to the stage (a store refuses a write with its own error)."""
+    from model import storage
+    from model.errors import CookError
+
+    shown = storage.redact(url)
+    try:
+        fs, p = storage.filesystem(url)
+        root = p.strip("/").split("/", 1)[0]
+        if storage.protocol(url) in _BUCKET_STORES and root:
+            fs.info(root)  # one request: the bucket is there and these credentials may see it
+    except CookError as e:
+        fail(f"{what.format(shown)}: {str(e).splitlines()[0]}", EXIT_USAGE)
+    except FileNotFoundError:
+        fail(f"{what.format(shown)}: no such bucket '{root}'", EXIT_USAGE)
+    except Exception as e:  # noqa: BLE001 - refused credentials, an unreachable endpoint (botocore's own errors)
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        fail(f"{what.format(shown)}: cannot reach the store ({type(e).__name__}: {line})", EXIT_USAGE)
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -344,13 +392,14 @@ def scrape_wiki_dump(
 
 @app.command()
 def unparquet(
-    sources: List[str] = typer.Argument(..., help="Parquet files, folders, globs, or Hub paths (hf://datasets/...)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one converted file per input."),
+    sources: List[str] = typer.Argument(..., help="Parquet files, folders, globs, URLs (s3://...), or Hub paths (hf://datasets/...)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder or URL (s3://bucket/prefix): one converted file per input."),
     format: str = typer.Option("parquet", "--format", help="parquet (the document format), text or csv."),
     column: str = typer.Option("text", "--column", help="The column that holds the text."),
     dask: Optional[str] = _dask_option(),
 ) -> None:
     """Convert parquet files (e.g. Cosmopedia shards) to documents, text or csv, streaming and lossless."""
+    out = _location(out)
     _prepare_env()
     _check_out(out)
     _check_dask(dask)
@@ -364,13 +413,13 @@ def unparquet(
     from flows.unparquet import unparquet_flow
 
     _run(unparquet_flow, sources=list(sources), out=str(out), fmt=format, column=column, dask=dask)
-    typer.echo(f"converted: {out}")
+    typer.echo(f"converted: {_shown(out)}")
 
 
 @app.command()
 def merge(
-    inputs: List[str] = typer.Argument(..., help="Document parquet files, folders or globs, from any source."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: shards, rejects/, stats.json."),
+    inputs: List[str] = typer.Argument(..., help="Document parquet files, folders or globs (local or URLs), from any source."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder or URL: shards, rejects/, stats.json."),
     shard_size: str = typer.Option("2GB", "--shard-size", help="Text per shard, e.g. 2GB, 500MB."),
     format: str = typer.Option("parquet", "--format", help="parquet or text."),
     near_dedup: bool = typer.Option(False, "--near-dedup", help="Also remove near-duplicates (MinHash)."),
@@ -384,6 +433,7 @@ def merge(
     dask: Optional[str] = _dask_option(),
 ) -> None:
     """Clean, deduplicate and merge documents into shards; every rejected document is kept with its reason."""
+    out = _location(out)
     _prepare_env()
     _check_out(out)
     _check_dask(dask)
@@ -399,15 +449,15 @@ def merge(
     limits = {k: v for k, v in (("min_chars", min_chars), ("max_chars", max_chars)) if v is not None}
     _run(merge_flow, inputs=list(inputs), out=str(out), shard_size=shard_size, fmt=format, near_dedup=near_dedup,
          languages=lang or None, workers=workers, dedup_memory=dedup_memory, dask=dask, **limits)
-    typer.echo(f"merged: {out}")
+    typer.echo(f"merged: {_shown(out)}")
 
 
 @app.command()
 def tokenize(
-    inputs: List[str] = typer.Argument(..., help="Document parquet files, folders, globs or .txt files."),
+    inputs: List[str] = typer.Argument(..., help="Document parquet files, folders, globs or .txt files (local or URLs)."),
     encoding: str = typer.Option("gpt2", "--encoding", "-e", help="char, p50k_base, r50k_base, gpt2, cl100k_base or bpe:VOCAB_SIZE."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for token shards [default: DATA_DIR/tokens]."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Reuse the vocabulary of an earlier tokenization (char or bpe)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or URL for token shards [default: DATA_DIR/tokens]."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Reuse the vocabulary of an earlier tokenization (char or bpe): its folder or URL."),
     val_fraction: float = typer.Option(0.005, "--val-fraction", help="Share of documents for validation (by a deterministic hash)."),
     dtype: str = typer.Option("auto", "--dtype", help="Token dtype: auto, uint16 or uint32."),
     shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", help="Tokens per shard."),
@@ -416,6 +466,7 @@ def tokenize(
     dask: Optional[str] = _dask_option(),
 ) -> None:
     """Tokenize documents into train/val binary token shards with a meta.json."""
+    out = _location(out)
     _prepare_env()
     _check_out(out, "tokens")
     _check_dask(dask)
@@ -423,7 +474,7 @@ def tokenize(
     from tasks.core.settings import get_settings
     from tasks.corpus.tokenize import check_tokenize_args
 
-    out = out or get_settings().data_dir / "tokens"
+    out = out or get_settings().location("tokens")
     try:
         check_tokenize_args(inputs, encoding, dtype, tokenizer, workers)
     except CookError as e:
@@ -431,15 +482,15 @@ def tokenize(
     from flows.tokenize import tokenize_flow
 
     result = _run(tokenize_flow, inputs=list(inputs), encoding=encoding, out=str(out),
-                  tokenizer_dir=str(tokenizer) if tokenizer else None, val_fraction=val_fraction,
+                  tokenizer_dir=_location(tokenizer) if tokenizer else None, val_fraction=val_fraction,
                   dtype=dtype, shard_tokens=shard_tokens, dask=dask, workers=workers)
-    typer.echo(f"tokens: {result}")
+    typer.echo(f"tokens: {_shown(result)}")
 
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Token folder written by `cook tokenize`."),
-    run: Path = typer.Option(..., "--run", help="Run folder: checkpoints, metrics.jsonl, run.json."),
+    data: str = typer.Option(..., "--data", help="Token folder written by `cook tokenize`, or its URL (s3://bucket/prefix)."),
+    run: str = typer.Option(..., "--run", help="Run folder: checkpoints, metrics.jsonl, run.json; or a URL (trained in a local working copy under the cache, pushed after every checkpoint)."),
     preset: str = typer.Option("tiny", "--preset", help="tiny, bench, seed, gpt2-124m or demo."),
     chunks: int = typer.Option(1, "--chunks", help="Number of chunks to have trained in all."),
     iters_per_chunk: int = typer.Option(1000, "--iters-per-chunk", help="Iterations per chunk (at most 5000)."),
@@ -461,13 +512,20 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
     keep_last: int = typer.Option(3, "--keep-last", help="Checkpoints to keep besides the best."),
     gpus: int = typer.Option(1, "--gpus", help="Train on N processes with DDP (one per GPU; gloo processes with --device cpu): launches torchrun for you."),
+    nodes: int = typer.Option(1, "--nodes", help="Train on M machines, --gpus processes on each: run the same command on every machine, each with its --node-rank; the run folder must be one they all read (shared folder or bucket)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="--nodes: HOST:PORT of node 0 (a free port there) that every machine can reach."),
+    node_rank: int = typer.Option(0, "--node-rank", help="--nodes: this machine's number, 0..M-1; node 0 runs the Prefect flow and writes the run folder."),
+    rdzv_timeout: int = typer.Option(600, "--rdzv-timeout", help="--nodes: seconds to wait for every machine to join a chunk before failing."),
 ) -> None:
     """Train a GPT in chunks (a checkpoint after each); the same command again resumes."""
     _prepare_env()
+    data, run = _location(data), _location(run)
     _check_out(run, flag="--run")
     from model.errors import CookError
+    from model.launch import Nodes
     from tasks.training.train import check_train_args
 
+    machines = Nodes(count=nodes, endpoint=rdzv_endpoint, rank=node_rank, timeout_s=rdzv_timeout)
     kwargs = dict(data=str(data), run=str(run), preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk,
                   seed=seed, init_from=str(init_from) if init_from else None, device=device, compile=compile,
                   eval_interval=eval_interval, eval_iters=eval_iters, batch_size=batch_size, grad_accum=grad_accum,
@@ -477,15 +535,20 @@ def train(
         from model.train import split_kwargs
 
         flat = {k: v for k, v in kwargs.items() if k not in ("data", "run", "gpus")}
-        check_train_args(str(data), str(run), *split_kwargs(flat), gpus=gpus)
+        check_train_args(str(data), str(run), *split_kwargs(flat), gpus=gpus, nodes=machines)
     except CookError as e:
         user_error(e, EXIT_USAGE)
+    if machines.multi:
+        kwargs.update(nodes=nodes, rdzv_endpoint=rdzv_endpoint, rdzv_timeout=rdzv_timeout)
+        if node_rank > 0:  # no Prefect here: node 0's flow runs the chunks, this machine joins them
+            _follow_chunks(kwargs, gpus, machines)
+            return
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
     try:
         if rank == 0:
             from flows.train import train_flow
 
-            typer.echo(f"run: {_run(train_flow, **kwargs)}")
+            typer.echo(f"run: {_shown(_run(train_flow, **kwargs))}")
         else:  # the other torchrun ranks run the same chunk loop without Prefect, in step with rank 0
             from model.train import STOP, stop_on_signals, train_worker
 
@@ -499,9 +562,37 @@ def train(
             dist.destroy_process_group()
 
 
+def _follow_chunks(kwargs: dict, gpus: int, machines) -> None:
+    """`cook train --nodes M --node-rank R` (R > 0): join node 0's chunks until its last one; one line per chunk."""
+    from model.errors import CookError
+    from model.launch import follow
+    from model.train import STOP, chunks_todo, read_run, split_kwargs, stop_on_signals
+
+    run, data = kwargs["run"], kwargs["data"]
+    try:  # a finished run: node 0 has nothing to launch, so do not wait for it
+        info = read_run(run)
+        if not chunks_todo(run, {**info, "chunks": max(int(info["chunks"]), kwargs["chunks"])}, upto=kwargs["chunks"]):
+            typer.echo(f"run {_shown(run)}: all {kwargs['chunks']} chunks already trained")
+            return
+    except (CookError, OSError, KeyError, ValueError):
+        pass  # not created yet: node 0 prepares it
+    flat = {k: v for k, v in kwargs.items() if k in ("device", "dtype", "compile", "eval_interval", "eval_iters", "keep_last")}
+    _, opts = split_kwargs(flat)
+    typer.echo(f"node {machines.rank} of {machines.count}: joining node 0's chunks at {machines.endpoint} with {gpus} process"
+               f"{'es' if gpus > 1 else ''}")
+    try:
+        with stop_on_signals(STOP):
+            n = follow(run, nproc=gpus, nodes=machines, data=data, opts=opts, log=typer.echo, stop=STOP)
+    except CookError as e:
+        user_error(e)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    typer.echo(f"run: {_shown(run)} ({n} chunk{'s' if n != 1 else ''} trained with node 0)")
+
+
 @app.command()
 def sample(
-    target: Path = typer.Argument(..., help="A run folder or a checkpoint folder."),
+    target: str = typer.Argument(..., help="A run folder or a checkpoint folder, or its URL (s3://bucket/runs/first)."),
     prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate."),
     temperature: float = typer.Option(0.8, "--temperature", help="0 for greedy decoding."),
@@ -516,7 +607,7 @@ def sample(
     from model.errors import CookError
 
     try:
-        text = sample_text(str(target), prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+        text = sample_text(_location(target), prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, top_p=top_p, seed=seed, device=device)
     except CookError as e:
         user_error(e)

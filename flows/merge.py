@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.report import count, publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
+from model import storage
 from model.errors import CookError
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import hold_output, one_writer
@@ -48,15 +49,23 @@ def source_rows(stats: dict) -> list[dict]:
              "rejected": sum(s["rejected"].values())} for src, s in stats["sources"].items()]
 
 
-def shard_rows(out: Path, stats: dict) -> list[dict]:
-    """One row per written shard (kept, then rejects): documents (parquet shards) and MB on disk."""
+def shard_rows(out: Path | str, stats: dict) -> list[dict]:
+    """One row per written shard (kept, then rejects): documents (parquet shards) and MB on disk (on the store
+    for a URL)."""
+    from tasks.corpus.documents import open_remote
+
     rows = []
     for kind, names in (("kept", stats["shards"]), ("rejects", stats.get("reject_shards") or [])):
         for name in names:
-            path = out / name
             try:
-                docs = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None
-                mb = round(path.stat().st_size / 1e6, 3)
+                if isinstance(out, str):
+                    url = storage.join(out, *name.split("/"))
+                    docs = pq.ParquetFile(open_remote(url)).metadata.num_rows if url.endswith(".parquet") else None
+                    mb = round(storage.size(url) / 1e6, 3)
+                else:
+                    path = out / name
+                    docs = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None
+                    mb = round(path.stat().st_size / 1e6, 3)
             except Exception:  # a shard gone since: the table says so rather than failing the run
                 docs, mb = None, None
             rows.append({"shard": name, "kind": kind, "documents": docs, "mb": mb})
@@ -94,25 +103,28 @@ def merge_flow(
     (tasks/corpus/merge.py). The output does not depend on it.
     """
     settings = get_settings()
-    inputs = inputs if inputs is not None else [str(p) for p in settings.source_dirs()]
+    inputs = inputs if inputs is not None else settings.source_locations()
     if not inputs:
-        raise CookError(f"nothing to merge: no source folder under {settings.data_dir} ({', '.join(SOURCE_DIRS.values())})")
-    out = out if out is not None else str(settings.data_dir / "merged")
+        raise CookError(f"nothing to merge: no source folder under {storage.redact(settings.location())} "
+                        f"({', '.join(SOURCE_DIRS.values())})")
+    out = out if out is not None else settings.location("merged")
+    remote = storage.is_remote(out)
     # absolute paths: the task may run in another process (a Dask worker) with another working directory
-    files = [f.absolute() for f in check_merge_args(inputs, out, shard_size, fmt, languages, dedup_memory)]
+    files = [f if isinstance(f, str) else f.absolute() for f in check_merge_args(inputs, out, shard_size, fmt, languages, dedup_memory)]
     hold_output(out, replaced=True)  # one writer: the lock beside `out`, which is replaced whole
+    target = out.rstrip("/") if remote else Path(out).absolute()
     with stage_runner(dask) as runner:
-        state = final_state(runner.submit(merge_task, files, Path(out).absolute(), parse_size(shard_size), fmt, near_dedup,
+        state = final_state(runner.submit(merge_task, files, target, parse_size(shard_size), fmt, near_dedup,
                                           min_chars, max_chars, list(languages) if languages else None, workers,
                                           parse_size(dedup_memory)))
     stats = state.result()
     publish_markdown("merge-summary", summary_markdown(stats), "cook merge summary")
     publish_table("merge-sources", source_rows(stats), "cook merge: documents and MB in and out per source")
-    publish_table("merge-shards", shard_rows(Path(out), stats), "cook merge: the shards written")
+    publish_table("merge-shards", shard_rows(target if remote else Path(out), stats), "cook merge: the shards written")
     how = "cached, unchanged inputs" if state.name == "Cached" else "written"
     get_run_logger().info(
         "%s (%s): %d documents in, %d kept in %d shard(s), %d rejected (%d exact, %d near duplicates)",
-        out, how, stats["documents_in"], stats["documents_out"], len(stats["shards"]), stats["documents_rejected"],
+        storage.redact(out), how, stats["documents_in"], stats["documents_out"], len(stats["shards"]), stats["documents_rejected"],
         stats["exact_duplicates"], stats["near_duplicates"],
     )
     return stats

@@ -9,13 +9,15 @@ The CPU-heavy stages (`tokenize`, `merge`, `unparquet`, `scrape wiki-dump`) take
 - unset, or `off`: the tasks run on the flow's own (thread) runner, as before.
 
 The choice is a flow parameter rather than the flow's `task_runner`, so a deployment run can pick
-it (`--param dask=tcp://...`) as well as the CLI. Dask workers are separate processes: they must
-have cook installed and see the same files at the same paths (a shared filesystem). Tasks get
-absolute paths, never data, and their results go to the flow's `<data_dir>/.cook/results` (pinned
-when the task is submitted), so the workers' own COOK_DATA_DIR does not matter. Settings a task
-reads itself (e.g. COOK_HF_TOKEN for `hf://` sources) come from the workers' environment. Task runs
-report to the flow's Prefect API: without PREFECT_API_URL, workers on this machine share the flow's
-temporary server; a cluster elsewhere needs a Prefect server it can reach.
+it (`--param dask=tcp://...`) as well as the CLI. Dask workers are separate processes with cook installed.
+Tasks get locations, never data: with the data on a bucket (COOK_DATA_DIR and the stages' inputs and outputs
+URLs) they are URLs, so workers need nothing of the flow's machine but the bucket; a local path goes to the
+workers as it is, and they must see it at the same path (a shared filesystem). Task results go to the flow's
+`<data_dir>/.cook/results` (pinned when the task is submitted: a block on the bucket for a URL data dir), so the
+workers' own COOK_DATA_DIR does not matter. Settings a task reads itself (credentials such as AWS_* for `s3://`,
+COOK_HF_TOKEN for `hf://`) and its scratch folder (under COOK_CACHE_DIR) are the workers' own. Task runs
+report to the flow's Prefect API: without PREFECT_API_URL, workers on this machine share the flow's temporary
+server; a cluster elsewhere needs a Prefect server it can reach (with a URL data dir the result block lives there).
 """
 
 from __future__ import annotations
@@ -82,15 +84,15 @@ class StageRunner:
     def submit(self, task, *args, **kwargs):
         """`task.submit(*args, **kwargs)`, on this runner; returns the PrefectFuture.
 
-        On Dask a persisted task's results go to this process's `<data_dir>/.cook/results`, pinned now:
-        the worker need not share COOK_DATA_DIR, only the filesystem.
+        On Dask a persisted task's results go to this process's `<data_dir>/.cook/results`, pinned now: the
+        worker need not share COOK_DATA_DIR, only the bucket (a URL data dir) or the filesystem (a local one).
         """
         from prefect.utilities.callables import get_call_parameters
 
-        from tasks.core.caching import RESULTS, results_dir
+        from tasks.core.caching import RESULTS, result_storage
 
         if self.dask and task.result_storage is RESULTS:
-            task = task.with_options(result_storage=results_dir())
+            task = task.with_options(result_storage=result_storage(pinned=True))
         return self.runner.submit(task, get_call_parameters(task.fn, args, kwargs))
 
 
@@ -112,6 +114,7 @@ def stage_runner(dask: str | None = None) -> Iterator[StageRunner]:
         return
     from prefect import get_run_logger
 
+    check_api_reachable(target)
     runner = dask_runner(target)
     with _environ_kept(), runner, _shared_api(target):
         try:
@@ -143,6 +146,22 @@ def _loopback(target: str) -> bool:
         return True
     host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", target).rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1")
+
+
+def check_api_reachable(target: str) -> None:
+    """CookError when a cluster on other machines could not load the flow's result storage: with a URL data dir
+    task results go to a block saved on the flow's Prefect API, and without PREFECT_API_URL that API is a temporary
+    server on this machine's loopback, which the workers cannot reach (each would start one of its own, without the
+    block)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.core.settings import get_settings
+
+    if _loopback(target) or PREFECT_API_URL.value() or not get_settings().data_url:
+        return
+    raise CookError(f"the Dask workers at {target} need a Prefect server they can reach (set PREFECT_API_URL, e.g. "
+                    "http://HOST:4200/api of `prefect server start --host 0.0.0.0`): with COOK_DATA_DIR a URL the "
+                    "tasks' results are stored through it")
 
 
 @contextlib.contextmanager

@@ -8,12 +8,12 @@ from prefect import flow, get_run_logger
 
 from flows.report import publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
+from model import storage
 from model.shards import load_meta
-from model.tokenizer import load_tokenizer
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import clean_stale_beside, hold_output, one_writer
 from tasks.core.settings import get_settings
-from tasks.corpus.tokenize import check_tokenize_args, tokenize_task
+from tasks.corpus.tokenize import check_tokenize_args, load_tokenizer_at, tokenize_task
 
 
 def _run_name(p: dict) -> str:
@@ -42,11 +42,12 @@ def tokenize_flow(
     `workers`: processes that read and encode (default: from the text size, up to every core); the output is
     the same whatever the count.
     """
-    inputs = inputs if inputs is not None else [str(get_settings().data_dir / "merged")]
-    files = [f.absolute() for f in check_tokenize_args(inputs, encoding, dtype, tokenizer_dir, workers)]
+    inputs = inputs if inputs is not None else [get_settings().location("merged")]
+    files = [f if isinstance(f, str) else f.absolute() for f in check_tokenize_args(inputs, encoding, dtype, tokenizer_dir, workers)]
     # absolute paths: the task may run in another process (a Dask worker) with another working directory
-    out_path = (Path(out) if out is not None else get_settings().data_dir / "tokens").absolute()
-    tok_dir = Path(tokenizer_dir).absolute() if tokenizer_dir is not None else None
+    out = out if out is not None else get_settings().location("tokens")
+    out_path = out.rstrip("/") if storage.is_remote(out) else Path(out).absolute()
+    tok_dir = (tokenizer_dir if storage.is_remote(tokenizer_dir) else Path(tokenizer_dir).absolute()) if tokenizer_dir is not None else None
     hold_output(out_path, replaced=True)  # one writer: the lock beside `out`, which is replaced whole
     clean_stale_beside(out_path)  # this folder's temps of a crashed run
     with stage_runner(dask) as runner:
@@ -60,16 +61,17 @@ def tokenize_flow(
             dtype,
             shard_tokens,
             workers,
-            tokenizer_hash=load_tokenizer(tok_dir).hash if tok_dir is not None else None,
+            tokenizer_hash=load_tokenizer_at(tok_dir).hash if tok_dir is not None else None,
         ))
-    result = Path(state.result())
-    meta = load_meta(result)
+    result = state.result()
+    result = str(result).rstrip("/") if storage.is_remote(str(result)) else Path(result)
+    meta = load_meta(result)  # a URL's meta.json too
     logger = get_run_logger()
     splits = meta["splits"]
     how = "cached, unchanged inputs" if state.name == "Cached" else "written"
     logger.info(
         "%s (%s): %s %s tokens — train %d tokens / %d documents / %d shards, val %d tokens / %d documents / %d shards; %s",
-        result, how, meta["encoding"], meta["dtype"],
+        storage.redact(result), how, meta["encoding"], meta["dtype"],
         splits["train"]["tokens"], splits["train"]["documents"], len(splits["train"]["shards"]),
         splits["val"]["tokens"], splits["val"]["documents"], len(splits["val"]["shards"]),
         baseline_text(meta),
@@ -101,11 +103,11 @@ def _baseline_detail(meta: dict) -> str:
     return f" ({b.get('method')}, fitted on {b.get('train_tokens', 0):,} train tokens, scored on {b.get('val_tokens', 0):,} val tokens)"
 
 
-def _publish(out: Path, meta: dict, how: str) -> None:
+def _publish(out: Path | str, meta: dict, how: str) -> None:
     """A table of the splits and a markdown summary with the meta."""
     rows = split_rows(meta)
     publish_table("tokenize-splits", rows, "cook tokenize: documents, tokens, bytes and shards per split")
-    md = [f"# tokenize -> `{out}` ({how})", "",
+    md = [f"# tokenize -> `{storage.redact(out)}` ({how})", "",
           f"- encoding: {meta['encoding']}, vocabulary: {meta['vocab_size']:,} ids, dtype: {meta['dtype']}, "
           f"end-of-text id: {meta.get('eot_id')}",
           f"- validation fraction: {meta.get('val_fraction')}, fingerprint: `{str(meta.get('fingerprint', ''))[:16]}`",

@@ -16,6 +16,13 @@ streams its output into the run's log and reads rank 0's summary. Or by hand:
 where rank 0 runs this flow (Prefect logs, artifacts, every file) and the other ranks run the same chunk
 loop without Prefect (`model.train.train_worker`), in step with it (`gpus` is then ignored). The `--`
 stops torchrun from reading `--run` as its own `--run-path`. On CPU it uses gloo (`--device cpu`), on GPUs nccl.
+
+Several machines: `nodes=M, rdzv_endpoint="HOST:PORT"` (`cook train --gpus N --nodes M --rdzv-endpoint
+HOST:PORT`, node rank 0). This flow runs on node 0 only; each chunk's torchrun hosts a c10d rendezvous there
+that the other machines join (`cook train ... --node-rank R`, model.launch.follow, no Prefect). They read
+the run folder that node 0 writes, so it must be shared. A hand-typed torchrun works across machines too:
+`torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT --rdzv_id RUN -m
+flows.cli train -- ARGS` on each; global rank 0 (on whichever machine c10d puts it) runs this flow.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.report import run_name, short
+from model import storage
+from model.launch import RDZV_TIMEOUT_S, Nodes
 from model.train import STOP, ChunkOptions, RunSpec, stop_on_signals
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import hold_output, one_writer
@@ -65,7 +74,7 @@ def _watch_cancellation(stop: threading.Event, done: threading.Event, interval: 
 
 def _run_name(p: dict) -> str:
     run = short(p["run"]) if p.get("run") else "runs/default"
-    return f"train {p.get('preset')}: {p.get('chunks')} chunks x {p.get('iters_per_chunk')} iters -> {run}"
+    return f"train {p.get('preset')}: {p.get('chunks')} chunks x {p.get('iters_per_chunk')} iters -> {storage.redact(run)}"
 
 
 @flow(name="train", flow_run_name=run_name("train", _run_name), **FLOW_RESULTS)
@@ -94,13 +103,17 @@ def train_flow(
     total_iters: int | None = None,
     sampler: str | None = None,
     dropout: float | None = None,
+    nodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    rdzv_timeout: int = RDZV_TIMEOUT_S,
 ) -> str:
     """Train (or resume, or extend) the run in `run` (default DATA/runs/default) on the tokens in `data` (default
-    DATA/tokens) on `gpus` processes; return the run folder. Run options are model.train.RunSpec's (schedule,
-    cooldown, sampler, ...: fixed when the run is created), chunk options model.train.ChunkOptions's."""
+    DATA/tokens) on `gpus` processes, on each of `nodes` machines (this is node 0); return the run folder. Run
+    options are model.train.RunSpec's (schedule, cooldown, sampler, ...: fixed when the run is created), chunk
+    options model.train.ChunkOptions's."""
     settings = get_settings()
-    data = str(data) if data is not None else str(settings.data_dir / "tokens")
-    run = str(run) if run is not None else str(settings.runs_dir / "default")
+    data = str(data) if data is not None else settings.location("tokens")
+    run = str(run) if run is not None else settings.location("runs", "default")
     spec = RunSpec(preset=preset, chunks=chunks, iters_per_chunk=iters_per_chunk, seed=seed,
                    init_from=str(init_from) if init_from is not None else None, batch_size=batch_size,
                    grad_accum=grad_accum, learning_rate=learning_rate, warmup=warmup, schedule=schedule,
@@ -108,14 +121,15 @@ def train_flow(
                    eval_interval=eval_interval, eval_iters=eval_iters)
     opts = ChunkOptions(device=device, dtype=dtype, compile=compile, eval_interval=eval_interval, eval_iters=eval_iters,
                         keep_last=keep_last)
-    check_train_args(data, run, spec, opts, gpus)
+    machines = Nodes(count=nodes, endpoint=rdzv_endpoint, rank=0, timeout_s=rdzv_timeout)
+    check_train_args(data, run, spec, opts, gpus, machines)
     hold_output(run)  # one writer per run folder (RUN/.cook.lock), before the run is prepared or resumed
     info = prepare_run_task(data, run, spec, device)
     logger = get_run_logger()
     for line in describe_run(run, info):
         logger.info("%s", line)
     if not info["todo"]:
-        logger.info("run %s: all %d chunks already trained", run, info["chunks"])
+        logger.info("run %s: all %d chunks already trained", storage.redact(run), info["chunks"])
         _final_curve(run)
         return run
     done = threading.Event()
@@ -126,7 +140,8 @@ def train_flow(
         try:
             for chunk in info["todo"]:
                 curve_is_current = False
-                state = train_chunk_task(run, chunk, data=data, opts=opts, gpus=gpus, return_state=True)
+                state = train_chunk_task(run, chunk, data=data, opts=opts, gpus=gpus, return_state=True,
+                                         nodes=machines if machines.multi else None, last=chunk == info["todo"][-1])
                 summary = state.result()  # raises the chunk's failure
                 if not summary.get("skipped") and state.name != "Cached":
                     logger.info("%s", describe_chunk(summary))

@@ -1,4 +1,4 @@
-"""`cook unparquet`: dataset parquet files (local or `hf://`) -> cook documents, one cached Prefect task per file.
+"""`cook unparquet`: dataset parquet files (local, on object storage, or `hf://`) -> cook documents, one cached Prefect task per file.
 
 A file that fails (truncated, not parquet, no text column) does not stop the others: every file is
 tried, the run's summary (log line and markdown artifact) lists the failures, and the flow then
@@ -6,6 +6,9 @@ raises one CookError line so the CLI exits non-zero. Outputs are written atomica
 after a crash converts only what is missing (finished files are cache hits).
 
     cook unparquet SRC... --out DIR [--format parquet|text|csv] [--column text]
+
+Inputs and `--out` may be URLs (`s3://bucket/cosmopedia`, model/storage.py); the default `out` is
+`cosmopedia` under COOK_DATA_DIR, a URL when that is one. Each output is one object that appears whole.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.report import count, publish_markdown, publish_table, run_name, short
 from flows.runners import final_state, stage_runner
+from model import storage
 from model.atomic import clean_stale_temps
 from model.errors import CookError
 from tasks.core.caching import FLOW_RESULTS
@@ -44,18 +48,23 @@ def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parqu
     see flows/runners.py) the files are spread over the Dask cluster's workers instead.
     Raises CookError (after every file was tried) when any file failed.
     """
-    out = out if out is not None else str(get_settings().data_dir / SOURCE_DIRS["parquet"])
+    out = out if out is not None else get_settings().location(SOURCE_DIRS["parquet"])
     files = check_unparquet_args(sources, out, fmt, column)
-    out_dir = Path(out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hold_output(out_dir)  # one writer per folder, before the clean-up
-    clean_stale_temps(out_dir)  # temp files of a crashed earlier run
+    if storage.is_remote(out):  # objects appear whole (storage.atomic_open): no temp files to clean up
+        out_dir: Path | str = out.rstrip("/")
+        hold_output(out_dir)
+    else:
+        out_dir = Path(out).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        hold_output(out_dir)  # one writer per folder, before the clean-up
+        clean_stale_temps(out_dir)  # temp files of a crashed earlier run
+    shown = storage.redact(out_dir)
     logger = get_run_logger()
 
     with stage_runner(dask) as runner:
         futures = []
         for src in files:
-            name = output_path(src, out_dir, fmt).name
+            name = storage.name(output_path(src, out_dir, fmt))
             futures.append(runner.submit(unparquet_task.with_options(task_run_name=f"unparquet {name}"),
                                          src, str(out_dir), fmt, column, fingerprint=source_fingerprint(src)))
         states = [final_state(fut) for fut in futures]
@@ -70,12 +79,12 @@ def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parqu
             exc = state.result(raise_on_failure=False)
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if isinstance(exc, BaseException) else state.message
             if not isinstance(exc, CookError):
-                reason = f"{src}: {type(exc).__name__}: {reason}"
-            failed.append({"src": src, "reason": reason})
-            rows.append(file_row({"src": src, "out": None}, "failed", reason))
+                reason = f"{storage.redact(src)}: {type(exc).__name__}: {reason}"
+            failed.append({"src": storage.redact(src), "reason": reason})
+            rows.append(file_row({"src": storage.redact(src), "out": None}, "failed", reason))
 
     summary = {
-        "out": str(out_dir),
+        "out": shown,
         "format": fmt,
         "files": len(files),
         "converted": len(ok) - cached,
@@ -89,7 +98,7 @@ def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parqu
         "unparquet: %d of %d files ok (%d converted, %d cached), %d failed; %d documents, %d null or empty skipped, "
         "%d rejected (invalid-utf8), %.1f MB of text -> %s",
         len(ok), len(files), summary["converted"], cached, len(failed), summary["written"], summary["null_or_empty"],
-        summary["invalid_utf8"], summary["bytes_in_text"] / 1e6, out_dir,
+        summary["invalid_utf8"], summary["bytes_in_text"] / 1e6, shown,
     )
     if failed:
         raise CookError(f"unparquet: {len(failed)} of {len(files)} files failed: " + "; ".join(f["reason"] for f in failed))
@@ -99,7 +108,7 @@ def unparquet_flow(sources: list[str], out: str | None = None, fmt: str = "parqu
 def file_row(r: dict, state: str, reason: str = "") -> dict:
     """A table row for one input file: its output, state (converted, cached, failed) and counts."""
     text = r.get("bytes_in_text")
-    return {"file": str(r["src"]), "output": Path(r["out"]).name if r.get("out") else None, "state": state,
+    return {"file": str(r["src"]), "output": storage.name(r["out"]) if r.get("out") else None, "state": state,
             "rows": r.get("rows"), "written": r.get("written"), "null_or_empty": r.get("null_or_empty"),
             "invalid_utf8": r.get("invalid_utf8"),
             "text_mb": round(text / 1e6, 3) if text is not None else None, "reason": reason}
@@ -120,7 +129,7 @@ def _publish(summary: dict, ok: list[dict], rows: list[dict]) -> None:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in ok:
-        md.append(f"| {r['src']} | {Path(r['out']).name} | {r['rows']} | {r['written']} | {r['null_or_empty']} | "
+        md.append(f"| {r['src']} | {storage.name(r['out'])} | {r['rows']} | {r['written']} | {r['null_or_empty']} | "
                   f"{r.get('invalid_utf8', 0)} | {r['bytes_in_text'] / 1e6:.2f} |")
     if summary["failed"]:
         md += ["", "## Failed", ""] + [f"- {f['reason']}" for f in summary["failed"]]

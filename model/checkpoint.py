@@ -263,7 +263,14 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def resolve_checkpoint(target: str | os.PathLike) -> Path:
-    """A checkpoint folder from a checkpoint folder, a run folder (its latest) or a model.safetensors path."""
+    """A checkpoint folder from a checkpoint folder, a run folder (its latest) or a model.safetensors path; for a
+    URL (a run or a checkpoint on object storage), a local copy of it (model.runsync.fetch_checkpoint)."""
+    from model import storage
+
+    if storage.is_remote(target):
+        from model.runsync import fetch_checkpoint
+
+        return fetch_checkpoint(os.fspath(target))
     p = Path(target)
     if p.is_file() and p.name == MODEL_FILE:
         p = p.parent

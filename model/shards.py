@@ -246,7 +246,19 @@ def write_meta(data_dir: str | os.PathLike, meta: dict) -> Path:
 
 
 def load_meta(data_dir: str | os.PathLike) -> dict:
-    """Read a tokenized data folder's meta.json."""
+    """Read a tokenized data folder's meta.json (straight from its URL for a folder on object storage)."""
+    from model import storage
+
+    if storage.is_remote(data_dir):
+        shown = storage.redact(data_dir)
+        try:
+            text = storage.read_text(storage.join(data_dir, META_NAME))
+        except FileNotFoundError:
+            raise CookError(f"{shown}: no meta.json — not a tokenized data folder (run `cook tokenize`)") from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CookError(f"{storage.join(shown, META_NAME)}: unreadable meta.json ({e})") from None
     path = Path(data_dir) / META_NAME
     if not path.is_file():
         raise CookError(f"{data_dir}: no meta.json — not a tokenized data folder (run `cook tokenize`)")

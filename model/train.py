@@ -22,6 +22,11 @@ down goes back to the checkpoint saved where its cooldown started (the cooled ch
 RUN/cooled/), so 1 chunk extended to 3 ends bit-identical to 3 planned, and no kept iteration's learning rate
 ever changes.
 
+On object storage (`--data` / `--run` URLs, model.runsync): the token folder is cached once per machine, the run
+is trained in a local working copy under the cache that every chunk first pulls from the bucket, and global rank 0
+uploads every checkpoint as soon as it is saved (complete once its marker is there), so a run resumes on a fresh
+machine from the bucket alone.
+
 Several processes (torchrun, DDP): gloo on CPU, nccl on CUDA; rank 0 writes every file. `grad_accum`
 is the run's total micro-batches per step, split over the processes, so a run means the same
 thing on any number of them.
@@ -47,6 +52,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from model import storage
 from model.atomic import atomic_dir, atomic_write_text, clean_stale_temps
 from model.checkpoint import (
     CHECKPOINTS,
@@ -74,6 +80,7 @@ from model.errors import CookError
 from model.gpt import GPT, GPTConfig
 from model.precision import autocast, compile_default, grad_scaler, resolve_dtype, use_fast_kernels
 from model.presets import get_preset
+from model.runsync import RunSync, local_data
 from model.schedule import DEFAULT_COOLDOWN, KINDS, Schedule, parse_cooldown
 from model.shards import load_meta
 
@@ -304,6 +311,14 @@ def stop_on_signals(stop: threading.Event = STOP):
 
 
 def read_run(run_dir: str | os.PathLike) -> dict:
+    """A run's run.json (read straight from its URL for a run on object storage)."""
+    if storage.is_remote(run_dir):
+        try:
+            return json.loads(storage.read_text(storage.join(run_dir, RUN_FILE)))
+        except FileNotFoundError:
+            raise CookError(f"{storage.redact(run_dir)}: not a training run (no {RUN_FILE})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CookError(f"{storage.redact(storage.join(run_dir, RUN_FILE))}: unreadable JSON") from None
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise CookError(f"{run_dir}: not a training run (no {RUN_FILE})")
@@ -338,18 +353,25 @@ def prepare_run(data: str | os.PathLike, run: str | os.PathLike, spec: RunSpec |
     and `notes`, lines worth logging (a clipped warmup, a rewound cooldown).
 
     Asking for more chunks than recorded extends the run (see the module doc). Rank 0 writes; other ranks
-    wait for it and read.
+    wait for it and read. `data` and `run` may be URLs (model.runsync): the run is prepared in its local working
+    copy, pulled from the bucket first and pushed back after.
     """
     spec = spec or RunSpec()
     proc = proc or Proc()
     check_spec(spec)
-    data, run_dir = Path(data), Path(run)
+    sync = RunSync(run)
+    data_shown = storage.redact(data) if storage.is_remote(data) else str(Path(data))
+    data = local_data(data)
+    run_dir = sync.local
     meta = load_meta(data)
     notes: list[str] = []
     if proc.master:
-        info = _create_or_check_run(data, run_dir, meta, spec, notes)
+        sync.pull()
+        info = _create_or_check_run(data, run_dir, meta, spec, notes, data_shown=data_shown, shown=sync.shown)
+        sync.push()
     _barrier(proc)
     if not proc.master:
+        sync.pull()
         info = read_run(run_dir)
     info = dict(info)
     info["todo"] = chunks_todo(run_dir, info, upto=spec.chunks)
@@ -401,10 +423,11 @@ def pre_cooldown_checkpoint(info: dict) -> tuple[int, str] | None:
     return start, name
 
 
-def _rewind_cooldown(run_dir: Path, info: dict) -> str | None:
+def _rewind_cooldown(run_dir: Path, info: dict, shown: str | None = None) -> str | None:
     """Before extending a wsd run: if it trained past its cooldown start, go back to the checkpoint saved there.
     Finished chunks past it move to RUN/cooled/ (still a model you can sample or export), mid-chunk ones go.
     Returns a note, or None if nothing was past the cooldown."""
+    shown = shown or str(run_dir)
     pre = pre_cooldown_checkpoint(info)
     if pre is None:
         return None
@@ -414,8 +437,8 @@ def _rewind_cooldown(run_dir: Path, info: dict) -> str | None:
     if not later:
         return None
     if not any(i == start for i, _ in found):
-        raise CookError(f"run {run_dir} cooled down from iteration {start}, but the checkpoint saved there ({name}) is gone: "
-                        f"it cannot be extended without training at the floor; start a new --run with --init-from {run_dir}")
+        raise CookError(f"run {shown} cooled down from iteration {start}, but the checkpoint saved there ({name}) is gone: "
+                        f"it cannot be extended without training at the floor; start a new --run with --init-from {shown}")
     cooled = run_dir / COOLED_DIR
     cooled.mkdir(exist_ok=True)
     for p in later:  # each leaves checkpoints/ by a rename (atomic); a crash in between is redone by the next run
@@ -429,12 +452,17 @@ def _rewind_cooldown(run_dir: Path, info: dict) -> str | None:
             shutil.rmtree(target)
         os.replace(p, target)
     if int(read_state(latest_checkpoint(run_dir))["iteration"]) != start:
-        raise CookError(f"run {run_dir}: could not go back to the checkpoint at iteration {start} ({name}); check the folder's permissions")
+        raise CookError(f"run {shown}: could not go back to the checkpoint at iteration {start} ({name}); check the folder's permissions")
     return (f"extending: the run had cooled down from iteration {start}; training goes on from the checkpoint saved "
-            f"there ({name}); the cooled checkpoint{'s' if len(later) > 1 else ''} moved to {cooled}")
+            f"there ({name}); the cooled checkpoint{'s' if len(later) > 1 else ''} moved to {storage.join(shown, COOLED_DIR) if storage.is_remote(shown) else cooled}")
 
 
-def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, notes: list[str]) -> dict:
+def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, notes: list[str], data_shown: str | None = None,
+                         shown: str | None = None) -> dict:
+    """Create run.json in `run_dir` (a local folder) or check the spec against it. `data_shown` / `shown`: the data
+    and run as recorded and named in messages (their URLs when on object storage)."""
+    data_shown = data_shown or str(data)
+    shown = shown or str(run_dir)
     run_path = run_dir / RUN_FILE
     config, defaults = get_preset(spec.preset, int(meta["vocab_size"]))
     overrides = dict(batch_size=spec.batch_size, grad_accum=spec.grad_accum, learning_rate=spec.learning_rate)
@@ -442,17 +470,17 @@ def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, n
     if run_path.is_file():
         info = read_run(run_dir)
         if info.get("preset") != spec.preset:
-            raise CookError(f"run {run_dir} was created with preset {info.get('preset')}, not {spec.preset}: use another --run to train a new model")
+            raise CookError(f"run {shown} was created with preset {info.get('preset')}, not {spec.preset}: use another --run to train a new model")
         dropout = spec.dropout if spec.dropout is not None else info["model"].get("dropout", config.dropout)
         diff = _config_diff(info["model"], dataclasses.replace(config, dropout=dropout).to_dict())
         if diff:
-            raise CookError(f"run {run_dir}: model config does not match preset {spec.preset} ({diff})")
+            raise CookError(f"run {shown}: model config does not match preset {spec.preset} ({diff})")
         for flag, key, value in (("--iters-per-chunk", "iters_per_chunk", spec.iters_per_chunk), ("--seed", "seed", spec.seed)):
             if info[key] != value:
-                raise CookError(f"run {run_dir} was created with {flag} {info[key]}, not {value}: repeat the original flags to resume")
+                raise CookError(f"run {shown} was created with {flag} {info[key]}, not {value}: repeat the original flags to resume")
         for flag, key in (("--batch-size", "batch_size"), ("--grad-accum", "grad_accum"), ("--lr", "learning_rate")):
             if overrides[key] is not None and overrides[key] != info["train"][key]:
-                raise CookError(f"run {run_dir} was created with {flag} {info['train'][key]}, not {overrides[key]}: repeat the original flags to resume")
+                raise CookError(f"run {shown} was created with {flag} {info['train'][key]}, not {overrides[key]}: repeat the original flags to resume")
         sched = Schedule.from_run(info)
         cooldown = parse_cooldown(spec.cooldown)
         for flag, given, recorded in (("--schedule", spec.schedule, sched.kind), ("--warmup", spec.warmup, sched.warmup),
@@ -460,18 +488,18 @@ def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, n
                                       ("--total-iters", spec.total_iters, sched.total if sched.kind == "cosine" else None),
                                       ("--sampler", spec.sampler, info.get("sampler", "random"))):
             if given is not None and given != recorded:
-                raise CookError(f"run {run_dir} was created with {flag} {recorded}, not {given}: repeat the original flags to resume")
+                raise CookError(f"run {shown} was created with {flag} {recorded}, not {given}: repeat the original flags to resume")
         recorded_init = info.get("init_from")
         if spec.init_from is not None and (recorded_init is None or Path(spec.init_from).resolve() != Path(recorded_init).resolve()):
-            raise CookError(f"run {run_dir} already exists{' (started from ' + recorded_init + ')' if recorded_init else ''}: use a new --run for --init-from {spec.init_from}")
-        check_tokenizer(data, meta, info["tokenizer"], f"run {run_dir}")
+            raise CookError(f"run {shown} already exists{' (started from ' + recorded_init + ')' if recorded_init else ''}: use a new --run for --init-from {spec.init_from}")
+        check_tokenizer(data_shown, meta, info["tokenizer"], f"run {shown}")
         if meta.get("fingerprint") != info["data"]["fingerprint"]:
-            raise CookError(f"{data} is not the data run {run_dir} was trained on (fingerprint differs): use --init-from to continue on new data")
+            raise CookError(f"{data_shown} is not the data run {shown} was trained on (fingerprint differs): use --init-from to continue on new data")
         if spec.chunks > info["chunks"]:  # extension (a cosine schedule keeps its length: nothing to check)
             total = spec.chunks * int(info["iters_per_chunk"])
             if sched.kind == "wsd":
                 sched.check(total)
-                note = _rewind_cooldown(run_dir, info)  # before run.json changes: a crash in between redoes it
+                note = _rewind_cooldown(run_dir, info, shown)  # before run.json changes: a crash in between redoes it
                 if note:
                     notes.append(note)
                 info["total_iters"] = total
@@ -489,7 +517,7 @@ def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, n
     if spec.init_from is not None:
         ckpt = resolve_checkpoint(spec.init_from)
         ck = read_config(ckpt)
-        check_tokenizer(data, meta, ck.get("tokenizer", {}), f"checkpoint {ckpt}")
+        check_tokenizer(data_shown, meta, ck.get("tokenizer", {}), f"checkpoint {ckpt}")
         diff = _config_diff({k: v for k, v in ck.get("model", {}).items() if k != "dropout"},
                             {k: v for k, v in config.to_dict().items() if k != "dropout"})
         if diff:
@@ -510,7 +538,7 @@ def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, n
         "chunks": spec.chunks,
         "iters_per_chunk": spec.iters_per_chunk,
         "total_iters": sched.total if sched.kind == "cosine" else total,
-        "data": {"dir": str(data.resolve()), "fingerprint": meta.get("fingerprint")},
+        "data": {"dir": data_shown if storage.is_remote(data_shown) else str(data.resolve()), "fingerprint": meta.get("fingerprint")},
         "tokenizer": tokenizer,
         "init_from": init,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -528,7 +556,8 @@ def _create_or_check_run(data: Path, run_dir: Path, meta: dict, spec: RunSpec, n
 
 def chunks_todo(run_dir: str | os.PathLike, info: dict | None = None, upto: int | None = None) -> list[int]:
     """Chunks still to train up to chunk `upto` (default: all the run's), judged by the latest checkpoint
-    (chunk N is done <=> its iteration >= N * iters_per_chunk)."""
+    (chunk N is done <=> its iteration >= N * iters_per_chunk). A run at a URL is pulled first."""
+    run_dir = RunSync(run_dir).pull()
     info = info or read_run(run_dir)
     latest = latest_checkpoint(run_dir)
     done_iters = int(read_state(latest)["iteration"]) if latest is not None else 0
@@ -696,22 +725,30 @@ def train_chunk(
     If `stop` gets set, saves a mid-chunk checkpoint and raises TrainingInterrupted. Returns a summary:
     chunk, start/end iteration, seed, losses (eval records), val/train loss and bpb, lr, tokens_seen, epochs,
     checkpoint, sample (a short generated text), seconds, skipped (True if the chunk was already done).
+
+    `run_dir` and `data` may be URLs (model.runsync): every process pulls the run's working copy and takes the
+    cached copy of the data on its machine; rank 0 pushes each checkpoint it saves, and the run's files after.
     """
     t_start = time.time()
     opts = opts or ChunkOptions()
     check_options(opts)
-    run_dir = Path(run_dir)
     stop = stop if stop is not None else STOP
     proc = proc or setup_process(opts.device)
+    sync = RunSync(run_dir)
+    shown = sync.shown
+    run_dir = sync.pull()
+    _barrier(proc)  # every process has pulled before rank 0 writes into a working copy they may share
     info = read_run(run_dir)
-    data = Path(data) if data is not None else Path(info["data"]["dir"])
+    data_loc = data if data is not None else info["data"]["dir"]
+    data_shown = storage.redact(data_loc) if storage.is_remote(data_loc) else str(Path(data_loc))
+    data = local_data(data_loc)
     meta = load_meta(data)
-    check_tokenizer(data, meta, info["tokenizer"], f"run {run_dir}")
+    check_tokenizer(data_shown, meta, info["tokenizer"], f"run {shown}")
     if meta.get("fingerprint") != info["data"]["fingerprint"]:
-        raise CookError(f"{data} is not the data run {run_dir} was trained on (fingerprint differs)")
+        raise CookError(f"{data_shown} is not the data run {shown} was trained on (fingerprint differs)")
     K = int(info["iters_per_chunk"])
     if not 1 <= chunk <= int(info["chunks"]):
-        raise CookError(f"run {run_dir} has chunks 1..{info['chunks']}, not {chunk}")
+        raise CookError(f"run {shown} has chunks 1..{info['chunks']}, not {chunk}")
     chunk_start, chunk_end = (chunk - 1) * K, chunk * K
     eval_interval = opts.eval_interval or int(info["eval_interval"])
     eval_iters = opts.eval_iters or int(info["eval_iters"])
@@ -736,15 +773,15 @@ def train_chunk(
     it0 = int(state["iteration"]) if state else 0
     summary = {"chunk": chunk, "seed": chunk_seed, "start_iter": it0, "end_iter": chunk_end, "skipped": False}
     if it0 >= chunk_end:
-        return {**summary, "skipped": True, "checkpoint": str(latest), "seconds": 0.0}
+        return {**summary, "skipped": True, "checkpoint": sync.show(latest), "seconds": 0.0}
     if it0 < chunk_start:
-        raise CookError(f"run {run_dir}: chunk {chunk} starts at iteration {chunk_start} but the latest checkpoint is at {it0}; train the earlier chunks first")
+        raise CookError(f"run {shown}: chunk {chunk} starts at iteration {chunk_start} but the latest checkpoint is at {it0}; train the earlier chunks first")
     torch.manual_seed(derive_seed(base_seed, "init"))
     model = GPT(config)
     if latest is not None:
         diff = _config_diff(read_config(latest).get("model", {}), info["model"])
         if diff:
-            raise CookError(f"{latest}: checkpoint from a different model config than run {run_dir} ({diff})")
+            raise CookError(f"{sync.show(latest)}: checkpoint from a different model config than run {shown} ({diff})")
         load_model_file(latest / MODEL_FILE, model)
     elif info.get("init_from"):
         load_model_file(Path(info["init_from"]) / MODEL_FILE, model)
@@ -808,10 +845,12 @@ def train_chunk(
     ck_config = {"model": info["model"], "train": info["train"], "preset": info["preset"], "data": info["data"],
                  "tokenizer": info["tokenizer"], "total_iters": info["total_iters"], "schedule": sched.to_dict()}
 
-    def save(name: str, st: dict) -> Path:
+    def save(name: str, st: dict, push: bool = True) -> Path:
         path = run_dir / CHECKPOINTS / name
         if proc.master:
             save_checkpoint(path, model, optimizer, st, ck_config)
+            if push:
+                sync.push()  # a run on object storage: the checkpoint is there (complete) before training goes on
         _barrier(proc)
         return path
 
@@ -839,7 +878,7 @@ def train_chunk(
                 path = latest  # nothing new since the checkpoint we started from
             else:
                 path = save(checkpoint_name(chunk, it), snapshot(it, lr, False, None, last_loss))
-            raise TrainingInterrupted(f"interrupted: saved checkpoint at iteration {it} ({path}) — run the same command to resume")
+            raise TrainingInterrupted(f"interrupted: saved checkpoint at iteration {it} ({sync.show(path)}) — run the same command to resume")
         if pre is not None and it == pre[0] and it > max(it0, chunk_start):
             save(pre[1], snapshot(it, lr, False, None, last_loss))
             if log is not None and proc.master:
@@ -908,10 +947,12 @@ def train_chunk(
     # -- end of chunk: checkpoint, best, retention
     if val_loss is not None and (best_val is None or val_loss < best_val):
         best_val = val_loss
-    ck = save(checkpoint_name(chunk), snapshot(chunk_end, lr, True, val_loss, last_loss))
+    ck = save(checkpoint_name(chunk), snapshot(chunk_end, lr, True, val_loss, last_loss), push=False)
     if proc.master:
         update_best(run_dir, ck, val_loss, chunk_end)
         prune_checkpoints(run_dir, opts.keep_last, keep=[pre[1]] if pre is not None else ())
+        # one upload for the chunk's end: metrics, the checkpoint (complete), best.json, then the pruned ones go
+        sync.push()
     sample = _sample_text(model, run_dir, info, opts.sample_tokens, chunk_seed, dev, dtype) if proc.master else ""
     _barrier(proc)
     if proc.ddp:  # ranks must hold identical weights; the digest lets callers (and tests) check it
@@ -919,7 +960,7 @@ def train_chunk(
     return {**summary, "losses": evals, "val_loss": val_loss, "train_loss": last_loss, "lr": lr, "tokens_seen": tokens_seen,
             "val_bpb": split_bpb(meta, "val", val_loss), "epochs": train_batches.epochs(chunk_end),
             "baseline": (meta.get("baseline") or {}).get("bigram"),
-            "checkpoint": str(ck), "best": (read_best(run_dir) or {}).get("name") if proc.master else None,
+            "checkpoint": sync.show(ck), "best": (read_best(run_dir) or {}).get("name") if proc.master else None,
             "sample": sample, "seconds": time.time() - t_start}
 
 

@@ -42,6 +42,18 @@ def prefect_api():
         yield PREFECT_API_URL.value()
 
 
+# The longest test files first: pytest-xdist (`--dist loadfile`) hands files out in collection order, so a long one
+# collected last would run alone at the end while the other worker idles.
+SLOW_FIRST = ("test_server.py", "test_nodes.py", "test_dask_bucket.py", "test_notebook.py", "test_pipeline.py",
+              "test_bucket_corpus.py", "test_train_ops.py", "test_youtube.py", "test_dask.py", "test_train.py",
+              "test_nights.py", "test_bucket_train.py", "test_remote_worker.py", "test_lock.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's PREFECT_HOME (database, results, temp files) once every fixture is torn down."""
     shutil.rmtree(_HOME, ignore_errors=True)
@@ -108,3 +120,26 @@ def run_cook(args: list[str], env: dict, timeout: float = 300, **kw) -> subproce
 def cook(cook_env):
     """Call the CLI: cook(["tokenize", ...]) -> CompletedProcess."""
     return lambda args, **kw: run_cook(args, kw.pop("env", cook_env), **kw)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server (its own process) for the test session; see tests/s3server.py."""
+    from s3server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the session's S3 server, with the server's endpoint and keys in this process's environment
+    (and in `s3.env` for subprocesses). Yields the server; `s3.url` is `s3://BUCKET`."""
+    import fsspec
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    fsspec.filesystem("s3").clear_instance_cache()
+    s3_server.url = s3_server.bucket()
+    yield s3_server
+    fsspec.filesystem("s3").clear_instance_cache()

@@ -1,8 +1,11 @@
 """End to end on a real Prefect server: the README's "Run on a Prefect server" walkthrough, line by line, then
 the nightly schedules, a watched pipeline run, and a failed run retried without redoing what had finished.
 
-Everything runs as a user would: `prefect` and `cook` commands in bash, a process worker, a server with its
-own SQLite database in a temp PREFECT_HOME on a free loopback port. Everything started here is stopped by PID.
+Everything runs as a user would: `prefect` and `cook` commands in bash, a process worker, a server on a free
+loopback port with a temp PREFECT_HOME. The walkthrough runs twice: on Prefect's default SQLite database (in
+PREFECT_HOME), and on PostgreSQL with the README's "Prefect on PostgreSQL" lines first, in a database of its own
+that is dropped at the end (skipped, saying why, where no PostgreSQL answers on 127.0.0.1:5432 with trust auth).
+Everything started here is stopped by PID.
 The Wikipedia source talks to the loopback fake MediaWiki (COOK_WIKIPEDIA_API_URL in the worker's environment).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pgdb
 import pytest
 from conftest import REPO
 from fake_mediawiki import FakeMediaWiki, FakeWiki
@@ -30,10 +35,11 @@ FLOWS = ("scrape-wikipedia", "scrape-britannica", "scrape-youtube", "wiki-dump",
 SMALL_TRAIN = "--param iters_per_chunk=20 --param eval_interval=10 --param eval_iters=2"
 
 
-def walkthrough() -> list[str]:
-    """The commands of the README's server walkthrough block, in order."""
+def walkthrough(marker: str = "server-walkthrough") -> list[str]:
+    """The commands of the README's bash block after `<!-- MARKER:`, in order: the server walkthrough, or
+    (`server-walkthrough-postgresql`) the lines that put its server on PostgreSQL."""
     text = (REPO / "README.md").read_text()
-    start = text.index("```bash", text.index("<!-- server-walkthrough"))
+    start = text.index("```bash", text.index(f"<!-- {marker}:"))
     block = text[start + len("```bash"):text.index("```", start + len("```bash"))]
     return [line.strip() for line in block.strip().splitlines() if line.strip() and not line.strip().startswith("#")]
 
@@ -90,6 +96,30 @@ class Shell:
             background = "".join(p.read_text()[-4000:] for p in sorted(self.logs.glob("background-*.log")))
             pytest.fail(f"`{line}` exited {r.returncode}:\n{tail}\n--- background ---\n{background}")
         return r
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """The server's database. SQLite: None (Prefect's default, `prefect.db` in PREFECT_HOME). PostgreSQL: (server,
+    name) of a uniquely named database, dropped at the end even on failure; the README's `createdb` line makes it,
+    or this fixture where `createdb` is not installed. Skipped, with the reason, when no PostgreSQL answers."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server, why = pgdb.probe()
+    if server is None:
+        pytest.skip(why)
+    with pgdb.scratch_database(server, "cook_test_server", create=shutil.which("createdb") is None) as name:
+        yield server, name
+
+
+def postgresql_lines(server: pgdb.Server, name: str) -> list[str]:
+    """The README's PostgreSQL lines for this server's user and the test's database (`createdb` left out where the
+    fixture made the database)."""
+    lines = [line.replace("cook_prefect", name).replace("-U postgres", f"-U {server.user}")
+             .replace("://postgres@", f"://{server.user}@") for line in walkthrough("server-walkthrough-postgresql")]
+    assert [line.split()[0] for line in lines if not line.startswith("export ")] == ["createdb"], lines
+    return [line for line in lines if not line.startswith("createdb") or shutil.which("createdb")]
 
 
 @pytest.fixture
@@ -200,7 +230,7 @@ def test_prefect_yaml_declares_every_flow():
 
 
 @pytest.mark.timeout(1500)
-def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
+def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env, database):
     port = _free_port()
     data = tmp_path / "data"
     api_url = f"http://127.0.0.1:{port}/api"
@@ -209,10 +239,13 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
     with FakeMediaWiki(wiki) as fake:
         shell.env["COOK_WIKIPEDIA_API_URL"] = fake.url  # the worker (and its flow runs) talk to the fake
         try:
-            # 1. the README, command by command; only the port, the data dir and the training scale differ
+            # 1. the README, command by command; only the port, the data dir and the training scale differ (and on
+            # PostgreSQL the user and the database name)
             lines = walkthrough()
             assert [line.split()[:3] for line in lines if line.endswith("&")] == [["prefect", "server", "start"],
                                                                                  ["prefect", "worker", "start"]]
+            if database is not None:
+                lines = postgresql_lines(*database) + lines
             for line in lines:
                 line = line.replace("4200", str(port)).replace("$PWD/data", str(data))
                 if line.startswith("prefect deployment run"):
@@ -236,6 +269,11 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
                 pipeline = client.read_deployment_by_name("pipeline/default")
                 first = _runs_of(client, pipeline.id)[0]
                 assert first.state.is_completed() and first.name.startswith("pipeline: pydoc")
+                # the server keeps its state in the database it was given: SQLite, Prefect's default file in
+                # PREFECT_HOME; PostgreSQL, the test's database (and no SQLite file at all)
+                assert (Path(server_env["PREFECT_HOME"]) / "prefect.db").is_file() == (database is None)
+                if database is not None:
+                    assert pgdb.fetchval(*database, "SELECT state_type FROM flow_run WHERE id = $1", first.id) == "COMPLETED"
                 ckpts = sorted(data.glob("runs/pipeline-*/checkpoints/chunk_000001/model.safetensors"))
                 assert len(ckpts) == 1
                 subflows = _subflow_runs(client, first.id)
@@ -249,59 +287,64 @@ def test_readme_walkthrough_deploy_watch_and_retry(tmp_path, server_env):
                 assert train.state.is_completed()
                 assert (data / "runs" / "default" / "checkpoints" / "chunk_000004" / "model.safetensors").is_file()
 
-                # 2. a task fails on purpose: DATA2/runs is a file, so preparing the training run fails
-                data2 = tmp_path / "data2"
-                (data2 / "runs").parent.mkdir(parents=True)
-                (data2 / "runs").write_text("not a folder")
-                r = shell.run(
-                    "prefect deployment run 'pipeline/default' --param sources='[\"wikipedia\", \"pydoc\"]' "
-                    "--param queries='[\"Gamma\"]' --param max_pages=6 --param chunks=2 "
-                    f"--param data_dir={data2} {SMALL_TRAIN} --watch --watch-timeout 600", ok=False)
-                assert r.returncode != 0
-                failed = next(fr for fr in _runs_of(client, pipeline.id) if fr.parameters.get("data_dir") == str(data2))
-                assert failed.state.is_failed(), failed.state
-                fetched = sum(fake.parse_counts.values())
-                assert fetched == 6
-                tasks_before = _task_runs(client)
-                subflows_before = {r.id: r.state.name for r in _subflow_runs(client, failed.id)}
+                # 2-4 (a failure and its retry, the overlapping scraper runs) exercise the server, not its database: where
+                # PostgreSQL answers they run once, on it, and the SQLite run stops here (a budget for `make test`)
+                if database is not None or pgdb.probe()[0] is None:
+                    # 2. a task fails on purpose: DATA2/runs is a file, so preparing the training run fails
+                    data2 = tmp_path / "data2"
+                    (data2 / "runs").parent.mkdir(parents=True)
+                    (data2 / "runs").write_text("not a folder")
+                    r = shell.run(
+                        "prefect deployment run 'pipeline/default' --param sources='[\"wikipedia\", \"pydoc\"]' "
+                        "--param queries='[\"Gamma\"]' --param max_pages=6 --param chunks=2 "
+                        f"--param data_dir={data2} {SMALL_TRAIN} --watch --watch-timeout 600", ok=False)
+                    assert r.returncode != 0
+                    failed = next(fr for fr in _runs_of(client, pipeline.id) if fr.parameters.get("data_dir") == str(data2))
+                    assert failed.state.is_failed(), failed.state
+                    fetched = sum(fake.parse_counts.values())
+                    assert fetched == 6
+                    tasks_before = _task_runs(client)
+                    subflows_before = {r.id: r.state.name for r in _subflow_runs(client, failed.id)}
 
-                # 3. fix the fault, retry the flow run: what completed is not executed again
-                (data2 / "runs").unlink()
-                shell.run(f"prefect flow-run retry {failed.id}")
-                retried = _wait_final(client, failed.id, run_count=2)
-                assert retried.state.is_completed(), retried.state
-                assert retried.run_count == 2
-                assert sum(fake.parse_counts.values()) == fetched  # no page fetched again
-                new = [fn_state for i, fn_state in _task_runs(client).items() if i not in tasks_before]
-                # finished work was not executed again: no new runs of the gather/merge/tokenize tasks (their
-                # subflows were reused), and a task that ran in the parent flow itself came back from its cache
-                assert not [n for n in new if n[0] in ("crawl_query_task", "merge_task", "tokenize_task", "unparquet_task")], new
-                assert [n for n in new if n[0] == "build_pydoc_corpus_task"] == [("build_pydoc_corpus_task", "Cached")], new
-                assert sorted(n for n in new if n[0] == "train_chunk_task") == [("train_chunk_task", "Completed")] * 2, new
-                # the subflows that had completed were reused as they were; only training ran again
-                subflows_after = {r.id: r.state.name for r in _subflow_runs(client, failed.id)}
-                done_before = {i for i, s in subflows_before.items() if s == "Completed"}
-                assert len(done_before) == 3 and done_before <= {i for i, s in subflows_after.items() if s == "Completed"}
-                assert sum(1 for s in subflows_after.values() if s == "Completed") == len(done_before) + 1
-                assert sorted(data2.glob("runs/pipeline-*/checkpoints/chunk_000002/model.safetensors"))
+                    # 3. fix the fault, retry the flow run: what completed is not executed again
+                    (data2 / "runs").unlink()
+                    shell.run(f"prefect flow-run retry {failed.id}")
+                    retried = _wait_final(client, failed.id, run_count=2)
+                    assert retried.state.is_completed(), retried.state
+                    assert retried.run_count == 2
+                    if database is not None:  # the retry, too, went to PostgreSQL
+                        assert pgdb.fetchval(*database, "SELECT run_count FROM flow_run WHERE id = $1", failed.id) == 2
+                    assert sum(fake.parse_counts.values()) == fetched  # no page fetched again
+                    new = [fn_state for i, fn_state in _task_runs(client).items() if i not in tasks_before]
+                    # finished work was not executed again: no new runs of the gather/merge/tokenize tasks (their
+                    # subflows were reused), and a task that ran in the parent flow itself came back from its cache
+                    assert not [n for n in new if n[0] in ("crawl_query_task", "merge_task", "tokenize_task", "unparquet_task")], new
+                    assert [n for n in new if n[0] == "build_pydoc_corpus_task"] == [("build_pydoc_corpus_task", "Cached")], new
+                    assert sorted(n for n in new if n[0] == "train_chunk_task") == [("train_chunk_task", "Completed")] * 2, new
+                    # the subflows that had completed were reused as they were; only training ran again
+                    subflows_after = {r.id: r.state.name for r in _subflow_runs(client, failed.id)}
+                    done_before = {i for i, s in subflows_before.items() if s == "Completed"}
+                    assert len(done_before) == 3 and done_before <= {i for i, s in subflows_after.items() if s == "Completed"}
+                    assert sum(1 for s in subflows_after.values() if s == "Completed") == len(done_before) + 1
+                    assert sorted(data2.glob("runs/pipeline-*/checkpoints/chunk_000002/model.safetensors"))
 
-                # 4. `default` and `nightly` of one scraper started together on one folder never overlap: the
-                # second waits on the folder's global concurrency limit (and says so), then finds the work done
-                out = tmp_path / "both"
-                params = {"queries": ["Delta"], "max_pages": 5, "depth": 0, "out": str(out)}
-                before = Counter(fake.parse_counts)
-                # a slow wiki keeps the first run on the folder for seconds: the two runs' processes start a few
-                # seconds apart, and a fast first run could end before the second asks for the folder
-                fake.latency_s = 1.5
-                both = [client.create_flow_run_from_deployment(client.read_deployment_by_name(f"scrape-wikipedia/{name}").id,
-                                                               parameters=params) for name in ("default", "nightly")]
-                ended = [_wait_final(client, fr.id, run_count=1) for fr in both]
-                fake.latency_s = 0.0
-                assert all(fr.state.is_completed() for fr in ended), [fr.state for fr in ended]
-                said = [log.message for log in _logs_of(client, [fr.id for fr in both])]
-                assert sum(m.startswith(f"waiting for {out}") for m in said) == 1, said
-                fetched = Counter(fake.parse_counts) - before
-                assert fetched and set(fetched.values()) == {1}, fetched  # every page once, by one of the two runs
+                    # 4. `default` and `nightly` of one scraper started together on one folder never overlap: the
+                    # second waits on the folder's global concurrency limit (and says so), then finds the work done
+                    out = tmp_path / "both"
+                    params = {"queries": ["Delta"], "max_pages": 5, "depth": 0, "out": str(out)}
+                    before = Counter(fake.parse_counts)
+                    # a slow wiki keeps the first run on the folder for seconds: the two runs' processes start a few
+                    # seconds apart, and a fast first run could end before the second asks for the folder
+                    fake.latency_s = 1.5
+                    both = [client.create_flow_run_from_deployment(client.read_deployment_by_name(f"scrape-wikipedia/{name}").id,
+                                                                   parameters=params) for name in ("default", "nightly")]
+                    ended = [_wait_final(client, fr.id, run_count=1) for fr in both]
+                    fake.latency_s = 0.0
+                    assert all(fr.state.is_completed() for fr in ended), [fr.state for fr in ended]
+                    said = [log.message for log in _logs_of(client, [fr.id for fr in both])]
+                    assert sum(m.startswith(f"waiting for {out}") for m in said) == 1, said
+                    fetched = Counter(fake.parse_counts) - before
+                    assert fetched and set(fetched.values()) == {1}, fetched  # every page once, by one of the two runs
         finally:
             # 5. stop everything this test started, by PID
             for proc in reversed(shell.background):  # the worker, then the server

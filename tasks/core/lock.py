@@ -22,6 +22,11 @@
   host sees the process is gone and gives the slot back at once. Otherwise a server's repossessor service frees it
   once the lease runs out (a temporary server, as in the tests, runs no such service).
 
+An output on object storage (a URL, model/storage.py) has no folder to hold a lock file: its lock file is local,
+`<cache>/locks/<name>-<hash of the URL>.lock` (COOK_CACHE_DIR), so it keeps one writer per URL among the runs of
+this machine only. Runs on several machines writing one URL need the Prefect server's queue above, which is keyed
+by the URL as well (the slot is the same for every machine that reports to that server).
+
 The lock files have hidden names: folder readers skip them (`tasks.corpus.documents.expand_inputs`) and
 `model.atomic.clean_stale_temps` leaves them alone (it removes `.*.tmp` and `.*.old-*` only).
 """
@@ -45,6 +50,7 @@ from typing import Callable, Iterator, TypeVar
 
 from filelock import FileLock, Timeout
 
+from model import storage
 from model.atomic import atomic_write_text, clean_stale_temps
 from model.errors import CookError, OutputBusy
 
@@ -61,15 +67,21 @@ F = TypeVar("F", bound=Callable)
 # --- where ---------------------------------------------------------------------------------------------
 
 
-def canonical(out: str | os.PathLike) -> Path:
-    """The folder's absolute path, its parent's symlinks resolved (the folder itself may not exist yet)."""
+def canonical(out: str | os.PathLike) -> Path | str:
+    """The folder's absolute path, its parent's symlinks resolved (the folder itself may not exist yet); a URL
+    as it may be shown (no credentials, no trailing slash)."""
+    if storage.is_remote(out):
+        return storage.redact(out).rstrip("/")
     p = Path(out).expanduser().absolute()
     return p.parent.resolve() / p.name
 
 
 def lock_path(out: str | os.PathLike, replaced: bool = False) -> Path:
-    """The lock file of `out`: inside it, or beside it when the folder is replaced whole by a rename."""
+    """The lock file of `out`: inside it, or beside it when the folder is replaced whole by a rename; for a URL,
+    a local file under the cache keyed by the URL (one writer per URL on this machine)."""
     out = canonical(out)
+    if isinstance(out, str):
+        return storage.cache_dir() / "locks" / f".{storage.cache_key(out)}.lock"
     return out.parent / f".{out.name}.lock" if replaced else out / LOCK_NAME
 
 
@@ -80,7 +92,7 @@ def info_path(lock: Path) -> Path:
 def limit_name(out: str | os.PathLike) -> str:
     """The Prefect global concurrency limit of `out`: `cook-out-<folder name>-<hash of its path>`."""
     out = canonical(out)
-    slug = re.sub(r"[^a-z0-9]+", "-", out.name.lower()).strip("-")[:40] or "root"
+    slug = re.sub(r"[^a-z0-9]+", "-", storage.name(out).lower()).strip("-")[:40] or "root"
     return f"{LIMIT_PREFIX}{slug}-{hashlib.sha256(str(out).encode()).hexdigest()[:10]}"
 
 
@@ -372,7 +384,12 @@ def hold_output(out: str | os.PathLike, replaced: bool = False) -> Path:
 
 def clean_stale_beside(out: str | os.PathLike) -> int:
     """Remove what a crashed `atomic_dir(out)` left beside `out` (`.NAME.XXXXXXXX.tmp`, `.NAME.old-PID`), and
-    nothing of other folders in the same parent. Call it while holding `out`'s lock. Returns how many."""
+    nothing of other folders in the same parent; for a URL, the temp prefixes of `storage.staged_dir`. Call it
+    while holding `out`'s lock. Returns how many."""
+    if storage.is_remote(out):
+        base = str(out).rstrip("/")
+        own = re.compile(rf"\.{re.escape(storage.name(base))}\.(?:[a-z0-9_]+\.tmp|old-\d+)")
+        return storage.clean_stale(storage.parent(base), own.fullmatch)
     out = canonical(out)
     own = re.compile(rf"\.{re.escape(out.name)}\.(?:[a-z0-9_]+\.tmp|old-\d+)")
     return clean_stale_temps(out.parent, own.fullmatch)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +15,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="COOK_", env_file=".env", extra="ignore")
 
+    # COOK_DATA_DIR: a folder, or a URL (s3://bucket/prefix, gs://…, memory://…). With a URL, `data_url` holds it
+    # and `data_dir` is this machine's local folder for it under the cache (logs, ledgers, downloads, scratch);
+    # what the stages read and write is at `location(...)`.
     data_dir: Path = Path("data")
+    data_url: str | None = None
     user_agent: str = "cook/0.1 (https://github.com/cook-llm/cook; cook@example.org)"
 
     wikipedia_api_url: str = "https://en.wikipedia.org/w/api.php"
@@ -38,6 +43,25 @@ class Settings(BaseSettings):
     youtube_api_key: SecretStr | None = None
     hf_token: SecretStr | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _data_url(cls, values: Any) -> Any:
+        from model import storage
+
+        raw = str(values.get("data_dir") or "") if isinstance(values, dict) else ""
+        if storage.is_remote(raw):
+            url = raw.rstrip("/")
+            values = {**values, "data_url": url, "data_dir": storage.cache_dir() / "data" / storage.cache_key(url)}
+        elif raw.startswith("file://"):
+            values = {**values, "data_dir": storage.local_path(raw)}
+        return values
+
+    def location(self, *parts: str) -> str:
+        """Where a stage's files live under the data dir: a URL under COOK_DATA_DIR's URL, else a local path."""
+        from model import storage
+
+        return storage.join(self.data_url or str(self.data_dir), *parts)
+
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
@@ -45,6 +69,16 @@ class Settings(BaseSettings):
     def source_dirs(self) -> list[Path]:
         """The gathered-documents folders under the data dir that exist: what a merge takes by default."""
         return [self.data_dir / d for d in SOURCE_DIRS.values() if (self.data_dir / d).is_dir()]
+
+    def source_locations(self) -> list[str]:
+        """`source_dirs` as locations: the gathered-documents folders that exist under COOK_DATA_DIR, on its store
+        when it is a URL (the scrapers keep writing this machine's `data_dir`: those count too)."""
+        found = [str(p) for p in self.source_dirs()]
+        if self.data_url:
+            from model import storage
+
+            found = [loc for loc in (self.location(d) for d in SOURCE_DIRS.values()) if storage.isdir(loc)] + found
+        return found
 
 
 # each source's folder under the data dir (the scrapers' and converters' default `out`)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from model import storage
 from model.atomic import make_readable
 from model.errors import CookError
 
@@ -53,16 +55,24 @@ def _wanted(rel: Path) -> bool:
     return not (len(rel.parts) >= 2 and rel.parts[-2] == REJECTS_DIR)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...] = DOC_SUFFIXES + TEXT_SUFFIXES) -> list[Path]:
+def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...] = DOC_SUFFIXES + TEXT_SUFFIXES) -> list[Path | str]:
     """Files, folders (searched recursively) and globs -> a sorted, de-duplicated list of files.
 
     Folders leave out hidden or temp entries and `rejects/` folders (documents a merge rejected).
+    A URL (`s3://bucket/corpus/`, `gs://…/*.parquet`, see model/storage.py) is expanded on its store the same
+    way and gives URLs (str); a local input gives Paths.
 
     Raises CookError naming the first input that matches nothing.
     """
-    found: dict[str, Path] = {}
+    found: dict[str, Path | str] = {}
     for item in inputs:
         item = str(item)
+        if storage.is_remote(item):
+            for m in _expand_remote(item, suffixes):
+                found.setdefault(m, m)
+            continue
+        if item.startswith("file://"):
+            item = str(storage.local_path(item))
         p = Path(item)
         if p.is_file():
             matches = [p]
@@ -77,6 +87,47 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: tuple[str, ...]
     return [found[k] for k in sorted(found)]
 
 
+def _expand_remote(item: str, suffixes: tuple[str, ...]) -> list[str]:
+    """A URL input as its files (URLs): the file itself, a folder's wanted files, or a glob's files."""
+    shown = storage.redact(item)
+    try:
+        if any(c in item for c in "*?["):
+            matches = [m for m in storage.glob(item) if storage.isfile(m)]
+        elif storage.isfile(item):
+            matches = [item]
+        else:
+            base = item.rstrip("/")
+            found = storage.find(base)
+            rels = {m[len(base):].lstrip("/") for m in found}
+            # a merge output is whole once its stats.json is there (written last): refuse one being (re)published
+            if any(r.startswith("shard_") and "/" not in r for r in rels) and "stats.json" not in rels:
+                raise CookError(f"{shown}: merge shards without their stats.json — an unfinished merge output "
+                                "(one is being published, or one was cut off): run `cook merge` to the end first")
+            matches = [m for m in found if suffix(m) in suffixes
+                       and _wanted(Path(*m[len(base):].lstrip("/").split("/")))]
+    except CookError:
+        raise
+    except Exception as e:  # no such bucket, no credentials, an unreachable endpoint
+        raise CookError(f"cannot list {shown}: {type(e).__name__}: {_first_line(e)}") from None
+    if not matches:
+        raise CookError(f"input not found or empty: {shown}")
+    return matches
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def suffix(f: str | os.PathLike) -> str:
+    """A file's suffix (`.parquet`), for a path or a URL alike."""
+    return PurePosixPath(storage.name(f)).suffix
+
+
+def file_size(f: str | os.PathLike) -> int:
+    """A file's size in bytes, for a path or a URL alike."""
+    return f.stat().st_size if isinstance(f, Path) else storage.size(f)
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -85,20 +136,38 @@ READ_BUFFER = 1 << 20  # parquet column chunks are streamed through a buffer thi
 
 
 def open_documents(path: str | os.PathLike) -> pq.ParquetFile:
-    """Open a document parquet file; CookError if it is not parquet or has no `text` column.
+    """Open a document parquet file (a path or a URL); CookError if it is not parquet or has no `text` column.
 
     Reads stream each column chunk through READ_BUFFER bytes (no pre-buffering): reading a few rows of a
-    100 MB row group holds about a megabyte of it, not the whole compressed chunk.
+    100 MB row group holds about a megabyte of it, not the whole compressed chunk. A URL is read through an
+    fsspec file (ranged reads, READ_BUFFER at a time).
     """
-    path = Path(path)
+    if storage.is_remote(path):
+        source, shown = open_remote(path), storage.redact(path)
+    else:
+        path = Path(path)
+        source, shown = path, path
     try:
-        pf = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
+        pf = pq.ParquetFile(source, buffer_size=READ_BUFFER, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as e:
-        raise CookError(f"{path}: not a readable parquet file ({e})") from None
+        raise CookError(f"{shown}: not a readable parquet file ({e})") from None
     names = pf.schema_arrow.names
     if "text" not in names:
-        raise CookError(f"{path}: no 'text' column (columns: {', '.join(names)})")
+        raise CookError(f"{shown}: no 'text' column (columns: {', '.join(names)})")
     return pf
+
+
+def open_remote(url: str):
+    """A remote file opened for ranged, buffered reads (READ_BUFFER per request); CookError when it cannot be."""
+    try:
+        fs, p = storage.filesystem(url)
+        return fs.open(p, "rb", block_size=READ_BUFFER, cache_type="readahead")
+    except CookError:
+        raise
+    except FileNotFoundError:
+        raise CookError(f"{storage.redact(url)}: file not found") from None
+    except Exception as e:
+        raise CookError(f"cannot open {storage.redact(url)}: {type(e).__name__}: {_first_line(e)}") from None
 
 
 def read_documents(path: str | os.PathLike, columns: list[str] | None = None, batch_rows: int = 1024) -> Iterator[dict]:
@@ -235,11 +304,11 @@ def escape_text(text: str) -> str:
 
 
 def is_text_documents(path: str | os.PathLike) -> bool:
-    """Whether a .txt file is in the text format (it ends with the separator)."""
-    path = Path(path)
-    size = path.stat().st_size
+    """Whether a .txt file (a path or a URL) is in the text format (it ends with the separator)."""
+    path = path if storage.is_remote(path) else Path(path)
+    size = file_size(path)
     n = len(TEXT_SEPARATOR.encode())
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         f.seek(max(0, size - n))
         return size > 0 and f.read() == TEXT_SEPARATOR.encode()
 
@@ -258,7 +327,7 @@ def _decode(data: bytes | bytearray | memoryview, path: str | os.PathLike, at: i
 def read_text_file(path: str | os.PathLike) -> str:
     """A whole .txt file as one text. Strict UTF-8: a file that is not (latin-1, binary) is a CookError naming
     the file and the offset of the first bad byte, never a silent replacement."""
-    return _decode(Path(path).read_bytes(), path, 0)
+    return _decode(storage.read_bytes(path) if storage.is_remote(path) else Path(path).read_bytes(), path, 0)
 
 
 def read_text_documents(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> Iterator[str]:
@@ -274,7 +343,7 @@ def read_text_documents(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> 
     doc_at = 0  # file offset where the current document starts
     buf_at = 0  # file offset of buf[0]
     pending = b""  # the end of the previous chunk, which may begin a separator
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         while chunk := f.read(chunk_bytes):
             buf = pending + chunk if pending else chunk
             view = memoryview(buf)
@@ -305,8 +374,8 @@ def iter_texts(path: str | os.PathLike) -> Iterator[str]:
 
     A `text` column that is not text, or a row that is not valid UTF-8, is a CookError naming the file (and row).
     """
-    path = Path(path)
-    if path.suffix in TEXT_SUFFIXES:
+    path = path if storage.is_remote(path) else Path(path)
+    if suffix(path) in TEXT_SUFFIXES:
         if is_text_documents(path):
             yield from filter(None, read_text_documents(path))
             return
@@ -325,21 +394,29 @@ def iter_texts(path: str | os.PathLike) -> Iterator[str]:
 
 
 class DocumentWriter:
-    """Write documents to one parquet shard (zstd) atomically: the file appears only on close()."""
+    """Write documents to one parquet shard (zstd) atomically: the file appears only on close(). `path` may be a
+    URL: the shard is then streamed to the store (model.storage.atomic_open: the object appears whole on close)."""
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema = SCHEMA, row_group_size: int = 4096,
                  row_group_chars: int = 64 << 20):
-        self.path = Path(path)
+        self.remote = storage.is_remote(path)
+        self.path = path if self.remote else Path(path)
         self.schema = schema
         self.row_group_size = row_group_size
         self.row_group_chars = row_group_chars  # a row group also ends at this much text: long documents stay bounded
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        make_readable(fd)  # 0644 under the usual umask, not mkstemp's 0600
-        os.close(fd)
         # no dictionary or min/max statistics for `text`: computing them costs ~5x a long document's size
         plain = [n for n in schema.names if n != "text"]
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", use_dictionary=plain, write_statistics=plain)
+        if self.remote:
+            self._tmp = None
+            self._ctx = storage.atomic_open(path)
+            sink = self._ctx.__enter__()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            make_readable(fd)  # 0644 under the usual umask, not mkstemp's 0600
+            os.close(fd)
+            sink = self._tmp
+        self._writer = pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=plain, write_statistics=plain)
         self._rows: list[dict] = []
         self._chars = 0
         self.count = 0
@@ -365,9 +442,12 @@ class DocumentWriter:
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows, self._chars = [], 0
 
-    def close(self) -> Path:
+    def close(self) -> Path | str:
         self._flush()
         self._writer.close()
+        if self.remote:
+            self._ctx.__exit__(None, None, None)  # the object appears now, whole
+            return self.path
         with open(self._tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self._tmp, self.path)
@@ -377,7 +457,11 @@ class DocumentWriter:
         try:
             self._writer.close()
         finally:
-            if os.path.exists(self._tmp):
+            if self.remote:
+                err = RuntimeError("aborted")
+                with contextlib.suppress(BaseException):
+                    self._ctx.__exit__(RuntimeError, err, None)  # the upload is discarded: no object appears
+            elif os.path.exists(self._tmp):
                 os.unlink(self._tmp)
 
     def __enter__(self) -> "DocumentWriter":

@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
+from model import storage
 from model.atomic import atomic_dir, atomic_write
 from model.errors import CookError
 from tasks.core.caching import PERSISTED, OutputsCache
@@ -67,8 +68,10 @@ from tasks.corpus.documents import (
     TEXT_ESCAPE,
     TEXT_SEPARATOR,
     expand_inputs,
+    file_size,
     is_text_documents,
     open_documents,
+    suffix,
     text_array,
 )
 from tasks.corpus.filters import check_languages, default_filters, span_hashes
@@ -108,13 +111,19 @@ def parse_size(size: str | int) -> int:
     return n
 
 
-def _inputs(inputs, out: str | Path) -> list[Path]:
-    """Expand inputs, leaving out OUT and its temp folders: a re-run must not eat its own output."""
+def _inputs(inputs, out: str | Path) -> list[Path | str]:
+    """Expand inputs, leaving out OUT and its temp folders: a re-run must not eat its own output. Inputs and OUT
+    may be URLs (model/storage.py): a URL input is a str."""
     if not inputs:
         raise CookError("no inputs: give document files, folders or globs to merge")
+    if storage.is_remote(out):
+        return _remote_inputs(inputs, str(out))
     out = Path(out).resolve()
     files = []
     for f in expand_inputs(inputs):
+        if isinstance(f, str):  # a URL input: never inside a local OUT
+            files.append(f)
+            continue
         r = f.resolve()
         if r.is_relative_to(out) or (r.is_relative_to(out.parent) and r.relative_to(out.parent).parts[0].startswith(f".{out.name}.")):
             continue
@@ -124,12 +133,28 @@ def _inputs(inputs, out: str | Path) -> list[Path]:
     return files
 
 
+def _remote_inputs(inputs, out: str) -> list[Path | str]:
+    """`_inputs` for a URL OUT: leave out what is under it or under its temp prefixes (`.NAME.*` beside it)."""
+    out = out.rstrip("/")
+    temps = storage.join(storage.parent(out), f".{storage.name(out)}.")
+    files = [f for f in expand_inputs(inputs)
+             if not (isinstance(f, str) and (f.startswith(out + "/") or f.startswith(temps)))]
+    if not files:
+        raise CookError(f"no inputs: every input is inside the output folder {storage.redact(out)}")
+    return files
+
+
+def _metadata(f: Path | str) -> pq.FileMetaData:
+    """A parquet input's footer (a URL: read through fsspec)."""
+    return pq.ParquetFile(f).metadata if isinstance(f, Path) else open_documents(f).metadata
+
+
 def _output_schema(files: list[Path]) -> pa.Schema:
     """The document columns, then every extra column of the inputs (first seen first); CookError on a type clash."""
     fields = list(SCHEMA)
     extra: dict[str, pa.Field] = {}
     for f in files:
-        if f.suffix != ".parquet":
+        if suffix(f) != ".parquet":
             continue
         arrow = open_documents(f).schema_arrow
         text_array(pa.array([], arrow.field("text").type), str(f))  # a text column that is not text: one line
@@ -216,7 +241,10 @@ class _Shards:
     def _open_shard(self) -> None:
         name = f"shard_{len(self.names):05d}.{'txt' if self.fmt == 'text' else 'parquet'}"
         self.names.append(name)
-        self._ctx = atomic_write(self.folder / name, "wb")
+        if isinstance(self.folder, str):  # a URL: streamed to the store, the object appears whole on close
+            self._ctx = storage.atomic_open(storage.join(self.folder, name))
+        else:
+            self._ctx = atomic_write(self.folder / name, "wb")
         self._file = self._ctx.__enter__()
         if self.fmt == "parquet":
             # fixed options, no timestamps: the same rows give the same bytes; texts are unique and long,
@@ -274,7 +302,7 @@ def _id_batches(files: list[Path], schema: pa.Schema) -> Iterator[tuple[pa.Array
     """(non-null ids as strings, their fetched_at or None) of the parquet inputs, 65,536 rows at a time."""
     id_field, at_field = schema.field("id"), schema.field("fetched_at")
     for path in files:
-        if path.suffix != ".parquet":
+        if suffix(path) != ".parquet":
             continue
         pf = open_documents(path)
         names = pf.schema_arrow.names
@@ -305,7 +333,7 @@ def _newest_copies(files: list[Path], schema: pa.Schema, scratch: Path, memory: 
     while 16 B per id fit in `memory`, else in hash-partitioned files under `scratch` (removed after); the
     hashes seen twice are the candidates (a rare hash collision only adds one); then the candidates' ids are
     counted exactly."""
-    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files if f.suffix == ".parquet")
+    expected = sum(_metadata(f).num_rows for f in files if suffix(f) == ".parquet")
     on_disk = expected * 16 > memory
     folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=scratch)) if on_disk else None
     try:
@@ -348,7 +376,7 @@ def _source_stats() -> dict:
 
 
 def _total_rows(files: list[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows if f.suffix == ".parquet" else 1 for f in files)
+    return sum(_metadata(f).num_rows if suffix(f) == ".parquet" else 1 for f in files)
 
 
 def _expected_docs(files: list[Path]) -> int:
@@ -356,10 +384,10 @@ def _expected_docs(files: list[Path]) -> int:
     file one per TEXT_DOC_BYTES (an estimate: it only picks the dedup path); any other .txt file one."""
     n = 0
     for f in files:
-        if f.suffix == ".parquet":
-            n += pq.ParquetFile(f).metadata.num_rows
+        if suffix(f) == ".parquet":
+            n += _metadata(f).num_rows
         else:
-            n += max(1, f.stat().st_size // TEXT_DOC_BYTES) if is_text_documents(f) else 1
+            n += max(1, file_size(f) // TEXT_DOC_BYTES) if is_text_documents(f) else 1
     return n
 
 
@@ -409,7 +437,8 @@ def merge_documents(
     pass 1 feeds their keys to dedup, then pass 2 reads them back with the decisions and writes. Documents are
     judged once either way, and the output is the same byte for byte.
     """
-    out = Path(out)
+    remote = storage.is_remote(out)
+    out = str(out).rstrip("/") if remote else Path(out)
     files = check_merge_args(inputs, out, shard_size, fmt, languages, dedup_memory)
     size = parse_size(shard_size)
     dedup_limit = parse_size(dedup_memory)
@@ -427,15 +456,35 @@ def merge_documents(
         workers = auto_workers(sum(i.text_bytes for i in items))
     sources: dict[str, dict] = {}
     expected = _expected_docs(files)
-    for stale in out.parent.glob(f".{out.name}.*"):  # temp folders of a crashed earlier run
-        if stale.is_dir() and (stale.name.endswith(".tmp") or ".old-" in stale.name):
-            shutil.rmtree(stale, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    newest = _newest_copies(files, schema, out.parent, dedup_limit, prefix=f".{out.name}.ids-")
+    if remote:
+        # OUT on object storage: its shards are streamed to a temp prefix beside it, published with stats.json
+        # last (storage.staged_dir); the scratch that dedup and the workers need is local, under the cache
+        storage.clean_stale(storage.parent(out), re.compile(rf"\.{re.escape(storage.name(out))}\.[a-z0-9_]+\.tmp").fullmatch)
+        scratch_root = Path(storage.temp_dir("merge"))
+        beside = scratch_root / storage.name(out)  # scratch names as beside a local OUT, in the scratch folder
+    else:
+        for stale in out.parent.glob(f".{out.name}.*"):  # temp folders of a crashed earlier run
+            if stale.is_dir() and (stale.name.endswith(".tmp") or ".old-" in stale.name):
+                shutil.rmtree(stale, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch_root, beside = None, out
+    try:
+        return _merge(files, out, beside, fmt, schema, reject_schema, config, items, workers, sources, expected, size,
+                      dedup_limit, near_dedup, min_chars, max_chars, languages)
+    finally:
+        if scratch_root is not None:
+            shutil.rmtree(scratch_root, ignore_errors=True)
 
-    with atomic_dir(out) as tmp, \
-            open_dedup(out.parent, near=near_dedup, expected_docs=expected, memory=dedup_limit,
-                       prefix=f".{out.name}.dedup-") as dedup:
+
+def _merge(files, out, beside: Path, fmt, schema, reject_schema, config, items, workers, sources, expected, size,
+           dedup_limit, near_dedup, min_chars, max_chars, languages) -> dict:
+    """The merge proper (see merge_documents): `out` a Path or a URL; `beside` names the scratch folders, made in
+    its parent (OUT itself when local)."""
+    newest = _newest_copies(files, schema, beside.parent, dedup_limit, prefix=f".{beside.name}.ids-")
+    staged = atomic_dir(out) if isinstance(out, Path) else storage.staged_dir(out, last=STATS)
+    with staged as tmp, \
+            open_dedup(beside.parent, near=near_dedup, expected_docs=expected, memory=dedup_limit,
+                       prefix=f".{beside.name}.dedup-") as dedup:
         on_disk = isinstance(dedup, DiskDedup)
         _logger().info(
             "merge: dedup %s: %s documents expected x %s B each %s the %s setting (--dedup-memory)%s",
@@ -443,17 +492,19 @@ def merge_documents(
             dedup_bytes(1, near_dedup), "exceed" if on_disk else "fit in",
             _human(dedup_limit), "; the judged batches wait in a scratch folder beside the output for pass 2"
             if on_disk else "")
+        remote = isinstance(tmp, str)
         kept = _Shards(tmp, fmt, schema, size)
-        rejects = _Shards(tmp / REJECTS, "parquet", reject_schema, size)
-        (tmp / REJECTS).mkdir()
+        rejects = _Shards(storage.join(tmp, REJECTS) if remote else tmp / REJECTS, "parquet", reject_schema, size)
+        if not remote:
+            (tmp / REJECTS).mkdir()
         rows = _total_rows(files)
         try:
             with progress("merge", total=2 * rows if on_disk else rows) as bar:
                 if on_disk:
-                    _merge_two_passes(items, {**config, "spill_compression": SPILL_COMPRESSION}, workers, out, schema,
+                    _merge_two_passes(items, {**config, "spill_compression": SPILL_COMPRESSION}, workers, beside, schema,
                                       kept, rejects, dedup, sources, bar, newest)
                 else:
-                    batches = _judged(items, config, workers, out)
+                    batches = _judged(items, config, workers, beside)
                     try:
                         _merge_into(batches, schema, kept, rejects, dedup, sources, bar, newest)
                     finally:
@@ -464,7 +515,7 @@ def merge_documents(
             rejects.abort()
             raise
         stats = _summary(sources, files, shards, reject_shards, fmt, near_dedup, min_chars, max_chars, languages)
-        with atomic_write(tmp / STATS, "w") as f:
+        with (storage.atomic_open(storage.join(tmp, STATS), "w") if remote else atomic_write(tmp / STATS, "w")) as f:
             json.dump(stats, f, indent=2, sort_keys=True)
             f.write("\n")
     return stats
@@ -694,7 +745,7 @@ def _summary(sources, files, shards, reject_shards, fmt, near_dedup, min_chars, 
         "sources": per_source,
         "shards": shards,
         "reject_shards": [f"{REJECTS}/{n}" for n in reject_shards],
-        "inputs": [str(f) for f in files],
+        "inputs": [storage.redact(str(f)) for f in files],
         "format": fmt,
         "near_dedup": near_dedup,
         "min_chars": min_chars,
@@ -705,7 +756,8 @@ def _summary(sources, files, shards, reject_shards, fmt, near_dedup, min_chars, 
 
 @task(
     name="merge",
-    cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / STATS], version="2", exclude=("workers", "dedup_memory")),
+    cache_policy=OutputsCache(outputs=lambda i: [storage.join(i["out"], STATS) if storage.is_remote(i["out"]) else Path(i["out"]) / STATS],
+                              version="2", exclude=("workers", "dedup_memory")),
     **PERSISTED,
 )
 def merge_task(

@@ -35,16 +35,17 @@ import sys
 import traceback
 from dataclasses import astuple, dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from model import storage
 from model.errors import CookError
 from tasks.corpus.dedup import band_keys, text_key
-from tasks.corpus.documents import is_text_documents, open_documents, read_text_documents, text_array
+from tasks.corpus.documents import file_size, is_text_documents, open_documents, read_text_documents, suffix, text_array
 from tasks.corpus.filters import default_filters, first_rejections, normalize
 
 # Text judged at once (a longer document is a batch of its own): the filters use ~40x their batch in temporary
@@ -80,13 +81,14 @@ class Item:
         return self.path if self.row_group < 0 else f"{self.path} (row group {self.row_group})"
 
 
-def plan(files: list[Path]) -> list[Item]:
-    """The work items of `files`, in input order (from the parquet metadata: nothing is read but footers)."""
+def plan(files: list[Path | str]) -> list[Item]:
+    """The work items of `files` (paths, or URLs that every worker opens itself), in input order (from the parquet
+    metadata: nothing is read but footers)."""
     items = []
     for path in files:
-        path = Path(path).absolute()
-        if path.suffix != ".parquet":
-            items.append(Item(str(path), text_bytes=path.stat().st_size))
+        path = path if storage.is_remote(path) else Path(path).absolute()
+        if suffix(path) != ".parquet":
+            items.append(Item(str(path), text_bytes=file_size(path)))
             continue
         md = open_documents(path).metadata
         row = 0
@@ -170,7 +172,7 @@ class Judge:
     def _read(self, item: Item) -> Iterator[tuple[pa.RecordBatch, int]]:
         """(raw batch, its first row in the file) for each batch of `item`."""
         if item.row_group < 0:
-            yield from self._read_txt(Path(item.path))
+            yield from self._read_txt(item.path if storage.is_remote(item.path) else Path(item.path))
             return
         pf = self._parquet(item.path)
         names = pf.schema_arrow.names
@@ -194,11 +196,12 @@ class Judge:
         finally:
             batches.close()
 
-    def _read_txt(self, path: Path) -> Iterator[tuple[pa.RecordBatch, int]]:
-        """A cook text file: its documents (ids `NAME:i`), in bounded batches; any other .txt: one document,
-        whose bytes are wrapped as a string array, unchecked, until `text_array` checks them (invalid UTF-8 is a
-        reject, not an error)."""
-        base = {"source": TXT_SOURCE, "url": "", "title": path.stem}
+    def _read_txt(self, path: Path | str) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """A cook text file (a path or a URL): its documents (ids `NAME:i`), in bounded batches; any other .txt: one
+        document, whose bytes are wrapped as a string array, unchecked, until `text_array` checks them (invalid
+        UTF-8 is a reject, not an error)."""
+        name = storage.name(path)
+        base = {"source": TXT_SOURCE, "url": "", "title": PurePosixPath(name).stem}
 
         def batch(texts, ids):
             n = len(ids)
@@ -206,20 +209,20 @@ class Judge:
             return pa.record_batch({"id": pa.array(ids, pa.string()), **cols, "text": texts})
 
         if not is_text_documents(path):
-            data = pa.py_buffer(path.read_bytes())  # wrapped, not copied
+            data = pa.py_buffer(path.read_bytes() if isinstance(path, Path) else storage.read_bytes(path))  # wrapped, not copied
             large = data.size >> 31
             offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int64 if large else np.int32).tobytes())
-            yield batch(pa.Array.from_buffers(pa.large_string() if large else pa.string(), 1, [None, offsets, data]), [path.name]), 0
+            yield batch(pa.Array.from_buffers(pa.large_string() if large else pa.string(), 1, [None, offsets, data]), [name]), 0
             return
         texts, size, first, i = [], 0, 0, 0
         for i, t in enumerate(read_text_documents(path)):
             texts.append(t)
             size += len(t)
             if size >= READ_BATCH_BYTES:
-                yield batch(pa.array(texts, pa.string()), [f"{path.name}:{j}" for j in range(first, i + 1)]), first
+                yield batch(pa.array(texts, pa.string()), [f"{name}:{j}" for j in range(first, i + 1)]), first
                 texts, size, first = [], 0, i + 1
         if texts:
-            yield batch(pa.array(texts, pa.string()), [f"{path.name}:{j}" for j in range(first, first + len(texts))]), first
+            yield batch(pa.array(texts, pa.string()), [f"{name}:{j}" for j in range(first, first + len(texts))]), first
 
     # --- judging -------------------------------------------------------------------------------------------
 

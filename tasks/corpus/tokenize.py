@@ -36,12 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from model import storage
 from model.atomic import atomic_dir
 from model.baseline import baseline_work, bigram_baseline
 from model.errors import CookError
-from model.shards import ShardStream, ShardWriter, dtype_for_vocab, write_meta
+from model.shards import HEADER_BYTES, META_NAME, ShardStream, ShardWriter, dtype_for_vocab, write_meta
 from model.tokenizer import Tokenizer, default_threads, get_tokenizer, known_vocab_size, load_tokenizer, split_pieces
-from tasks.corpus.documents import TEXT_SEPARATOR, TEXT_SUFFIXES, expand_inputs, is_text_documents, open_documents, text_array
+from tasks.corpus.documents import (TEXT_SEPARATOR, TEXT_SUFFIXES, expand_inputs, file_size, is_text_documents, open_documents,
+                                    suffix, text_array)
 from tasks.core.progress import progress
 from tasks.core.spawn import can_spawn
 
@@ -107,8 +109,8 @@ def plan_pieces(files: list[Path], task_bytes: int = TASK_BYTES) -> list[Piece]:
     pieces: list[Piece] = []
     for f in files:
         path = str(f)
-        if f.suffix in TEXT_SUFFIXES:
-            size = f.stat().st_size
+        if suffix(f) in TEXT_SUFFIXES:
+            size = file_size(f)
             if size == 0:
                 continue
             if is_text_documents(f):
@@ -174,15 +176,26 @@ def _next_cut(f, p: int, size: int) -> int:
     return size if q < 0 else q + 2
 
 
+def _open_input(path: str):
+    """An input file for reading: a local file, or a URL's fsspec file (seek and ranged reads)."""
+    return storage.open_read(path) if storage.is_remote(path) else open(path, "rb")
+
+
 def _read_range(path: str, a: int, b: int, boundary) -> tuple[int, bytes]:
+    if storage.is_remote(path):
+        with storage.open_read(path) as f:
+            return _read_range_of(f, storage.size(path), a, b, boundary)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        start = boundary(f, a, size)
-        end = boundary(f, b, size) if b < size else size
-        if start >= end:
-            return start, b""
-        f.seek(start)
-        return start, f.read(end - start)
+        return _read_range_of(f, os.fstat(f.fileno()).st_size, a, b, boundary)
+
+
+def _read_range_of(f, size: int, a: int, b: int, boundary) -> tuple[int, bytes]:
+    start = boundary(f, a, size)
+    end = boundary(f, b, size) if b < size else size
+    if start >= end:
+        return start, b""
+    f.seek(start)
+    return start, f.read(end - start)
 
 
 def _key(data) -> int:
@@ -283,7 +296,7 @@ def _doc_batches(piece: Piece, keys: bool = True) -> Iterator[_Batch]:
 
 def _hash_file(path: str) -> Encoded:
     h, size = hashlib.blake2b(digest_size=8), 0
-    with open(path, "rb") as f:
+    with _open_input(path) as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
@@ -398,13 +411,13 @@ def _iter_corpus(files: list[Path]) -> Iterator[str]:
                 yield from batch.texts
 
 
-def _file_has_text(path: Path) -> bool:
-    if path.suffix in TEXT_SUFFIXES:
-        size = path.stat().st_size
+def _file_has_text(path: Path | str) -> bool:
+    if suffix(path) in TEXT_SUFFIXES:
+        size = file_size(path)
         if not size or not is_text_documents(path):
             return size > 0
         block = _SEP * (1 << 14)  # a text-format file holds text unless it is separators only
-        with open(path, "rb") as f:
+        with _open_input(str(path)) as f:
             while chunk := f.read(len(block)):
                 if chunk != block[: len(chunk)]:
                     return True
@@ -422,16 +435,16 @@ def _has_text(files: list[Path]) -> bool:
     return any(_file_has_text(f) for f in files)
 
 
-def _text_bytes(path: Path) -> int:
+def _text_bytes(path: Path | str) -> int:
     """Approximate text bytes of an input, for progress: a .txt's size, a parquet's uncompressed text column."""
-    if path.suffix != ".parquet":
-        return path.stat().st_size
+    if suffix(path) != ".parquet":
+        return file_size(path)
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path) if isinstance(path, Path) else open_documents(path)
         col, md = _parquet_text_leaf(pf), pf.metadata
         return sum(md.row_group(i).column(col).total_uncompressed_size for i in range(md.num_row_groups)) if col >= 0 else 0
     except Exception:
-        return path.stat().st_size
+        return file_size(path)
 
 
 def _check_dtype(dtype: str, vocab_size: int | None) -> None:
@@ -439,6 +452,28 @@ def _check_dtype(dtype: str, vocab_size: int | None) -> None:
         raise CookError(f"unknown dtype '{dtype}' (choose auto, uint16 or uint32)")
     if dtype == "uint16" and vocab_size is not None and vocab_size > _U16_MAX_IDS:
         raise CookError(f"vocabulary of {vocab_size} ids does not fit uint16 (max {_U16_MAX_IDS}); use --dtype uint32 or auto")
+
+
+def load_tokenizer_at(loc: str | os.PathLike) -> Tokenizer:
+    """A saved tokenizer (its folder, or a token folder holding `tokenizer/`), local or at a URL (copied to a temp
+    folder under the cache, read, and removed)."""
+    if not storage.is_remote(loc):
+        return load_tokenizer(loc)
+    import shutil
+
+    from model.tokenizer import TOKENIZER_JSON
+
+    loc = str(loc).rstrip("/")
+    if not storage.exists(storage.join(loc, TOKENIZER_JSON)):
+        loc = storage.join(loc, TOKENIZER_SUBDIR)  # a token folder: only its tokenizer/ is fetched
+        if not storage.exists(storage.join(loc, TOKENIZER_JSON)):
+            raise CookError(f"{storage.redact(loc)}: no {TOKENIZER_JSON} — not a saved tokenizer folder")
+    work = Path(storage.temp_dir("tokenizer"))
+    try:
+        storage.get_dir(loc, work / "t")
+        return load_tokenizer(work / "t")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def check_tokenize_args(inputs, encoding: str, dtype: str = "auto", tokenizer_dir: str | Path | None = None,
@@ -451,7 +486,7 @@ def check_tokenize_args(inputs, encoding: str, dtype: str = "auto", tokenizer_di
         raise CookError(f"--workers must be 0 or more (got {workers})")
     files = expand_inputs(inputs)
     if tokenizer_dir is not None:
-        vocab = load_tokenizer(tokenizer_dir).vocab_size
+        vocab = load_tokenizer_at(tokenizer_dir).vocab_size
     else:
         vocab = known_vocab_size(encoding)  # also rejects unknown encodings
     _check_dtype(dtype, vocab)
@@ -508,7 +543,7 @@ def tokenize_corpus(
     Dask worker may not start any): threads there. `num_threads`: the former name of `workers`.
     The output is the same whatever the worker count and kind.
     """
-    out = Path(out)
+    out = out if storage.is_remote(out) else Path(out)  # a URL: see `_tokenize_to_store`
     workers = workers if workers is not None else num_threads
     files = check_tokenize_args(inputs, encoding, dtype, tokenizer_dir, workers)
     if not 0.0 <= val_fraction < 1.0:
@@ -520,7 +555,7 @@ def tokenize_corpus(
     processes = (processes is None or processes) and can_spawn()
 
     if tokenizer_dir is not None:
-        tok = load_tokenizer(tokenizer_dir)
+        tok = load_tokenizer_at(tokenizer_dir)
     elif encoding == "char" or encoding.startswith("bpe:"):
         with progress(f"tokenize: build {encoding} vocabulary", total=total_bytes) as bar:
 
@@ -535,43 +570,144 @@ def tokenize_corpus(
     _check_dtype(dtype, tok.vocab_size)
     np_dtype = dtype_for_vocab(tok.vocab_size) if dtype == "auto" else np.dtype(dtype)
 
-    with atomic_dir(out) as tmp:
-        tok.save(tmp / TOKENIZER_SUBDIR)
-        pieces = plan_pieces(files)
-        stats, skipped = _write_splits(pieces, tok, tmp, np_dtype, shard_tokens, val_fraction, workers, processes, total_bytes)
-        train, val = ShardStream(stats["train"]["paths"]), ShardStream(stats["val"]["paths"])
-        with progress("tokenize: bigram baseline", total=baseline_work(train, val)) as bar:
-            baseline = bigram_baseline(train, val, tok.vocab_size, stats["val"]["bytes"], advance=bar.advance)
-        meta = {
-            "format": 1,
-            "encoding": tok.name,
-            "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id,
-            "dtype": np_dtype.name,
-            "splits": {s: {"shards": [p.name for p in st["paths"]], "tokens": st["tokens"], "documents": st["documents"],
-                           "bytes": st["bytes"]} for s, st in stats.items()},
-            "baseline": {"bigram": baseline},
-            "val_fraction": val_fraction,
-            "inputs": _input_signature(files),
-            # identity of the token stream: same tokenizer and same tokens <=> same fingerprint
-            "fingerprint": hashlib.sha256(
-                json.dumps({"tokenizer": tok.hash, "splits": {s: st["digest"] for s, st in stats.items()}}, sort_keys=True).encode()
-            ).hexdigest(),
-            "tokenizer": {"name": tok.name, "dir": TOKENIZER_SUBDIR, "hash": tok.hash},
-        }
-        if skipped:
-            meta["skipped"] = {"invalid-utf8": sum(skipped.values())}
-        write_meta(tmp, meta)
+    if storage.is_remote(out):
+        skipped = _tokenize_to_store(str(out).rstrip("/"), files, tok, np_dtype, shard_tokens, val_fraction, workers,
+                                     processes, total_bytes)
+    else:
+        with atomic_dir(out) as tmp:
+            tok.save(tmp / TOKENIZER_SUBDIR)
+            pieces = plan_pieces(files)
+            stats, skipped = _write_splits(pieces, tok, tmp, np_dtype, shard_tokens, val_fraction, workers, processes, total_bytes)
+            train, val = ShardStream(stats["train"]["paths"]), ShardStream(stats["val"]["paths"])
+            write_meta(tmp, _meta(tok, np_dtype, stats, _baseline(tok, stats, train, val), val_fraction, files, skipped))
     for path, n in skipped.items():
-        _warn(f"tokenize: left out {n} row(s) of {path} whose text is not valid UTF-8 (`cook merge` rejects them as invalid-utf8)")
+        _warn(f"tokenize: left out {n} row(s) of {storage.redact(path)} whose text is not valid UTF-8 (`cook merge` rejects "
+              "them as invalid-utf8)")
     return out
 
 
+def _baseline(tok: Tokenizer, stats: dict, train, val) -> dict:
+    with progress("tokenize: bigram baseline", total=baseline_work(train, val)) as bar:
+        return bigram_baseline(train, val, tok.vocab_size, stats["val"]["bytes"], advance=bar.advance)
+
+
+def _meta(tok: Tokenizer, np_dtype: np.dtype, stats: dict, baseline: dict, val_fraction: float, files: list,
+          skipped: dict[str, int]) -> dict:
+    """meta.json's content."""
+    meta = {
+        "format": 1,
+        "encoding": tok.name,
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+        "dtype": np_dtype.name,
+        "splits": {s: {"shards": [p.name for p in st["paths"]], "tokens": st["tokens"], "documents": st["documents"],
+                       "bytes": st["bytes"]} for s, st in stats.items()},
+        "baseline": {"bigram": baseline},
+        "val_fraction": val_fraction,
+        "inputs": _input_signature(files),
+        # identity of the token stream: same tokenizer and same tokens <=> same fingerprint
+        "fingerprint": hashlib.sha256(
+            json.dumps({"tokenizer": tok.hash, "splits": {s: st["digest"] for s, st in stats.items()}}, sort_keys=True).encode()
+        ).hexdigest(),
+        "tokenizer": {"name": tok.name, "dir": TOKENIZER_SUBDIR, "hash": tok.hash},
+    }
+    if skipped:
+        meta["skipped"] = {"invalid-utf8": sum(skipped.values())}
+    return meta
+
+
+def _tokenize_to_store(out: str, files: list, tok: Tokenizer, np_dtype: np.dtype, shard_tokens: int, val_fraction: float,
+                       workers: int, processes: bool, total_bytes: int) -> dict[str, int]:
+    """`tokenize_corpus` into a URL: each shard is written to a local temp file under the cache, uploaded once
+    whole and deleted (this machine holds one open shard per split, never the output); the baseline reads the
+    shards back from the store; meta.json goes last. The folder is published by `storage.staged_dir`: a temp
+    prefix beside `out`, copied over `out` with meta.json after every other object. Returns the rows skipped per
+    file."""
+    work = Path(storage.temp_dir("tokenize"))
+    try:
+        with storage.staged_dir(out, last=META_NAME) as tmp:
+            tok.save(work / TOKENIZER_SUBDIR)
+            for f in sorted(p for p in (work / TOKENIZER_SUBDIR).rglob("*") if p.is_file()):
+                storage.put_file(f, storage.join(tmp, *f.relative_to(work).parts))
+            pieces = plan_pieces(files)
+            stats, skipped = _write_splits(pieces, tok, work, np_dtype, shard_tokens, val_fraction, workers, processes,
+                                           total_bytes, upload_to=tmp)
+            train, val = (_StoredSplit(tmp, stats[s]["paths"], stats[s]["counts"], np_dtype) for s in ("train", "val"))
+            write_meta(work, _meta(tok, np_dtype, stats, _baseline(tok, stats, train, val), val_fraction, files, skipped))
+            storage.put_file(work / META_NAME, storage.join(tmp, META_NAME))
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return skipped
+
+
+class _UploadingWriter(ShardWriter):
+    """A ShardWriter whose every finished shard is uploaded to `url` (storage.put_file: whole or not at all), then
+    deleted here; `counts` holds each shard's tokens."""
+
+    def __init__(self, folder: Path, split: str, dtype, shard_tokens: int, url: str):
+        super().__init__(folder, split, dtype, shard_tokens)
+        self.url = url
+        self.counts: list[int] = []
+
+    def _finish(self) -> None:
+        n = self._fill
+        super()._finish()
+        path = self.paths[-1]
+        storage.put_file(path, storage.join(self.url, path.name))
+        path.unlink()
+        self.counts.append(n)
+
+
+class _StoredSplit:
+    """A split's shards on a store as one token stream, for the bigram baseline: `tokens`, and `chunks` cut
+    exactly as `ShardStream.chunks` cuts them (so the baseline's sums, and meta.json, are the same bytes)."""
+
+    def __init__(self, folder: str, paths: list[Path], counts: list[int], dtype: np.dtype):
+        self.urls = [storage.join(folder, p.name) for p in paths]
+        self.counts = counts
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.tokens = int(sum(counts))
+
+    def _pieces(self, end: int) -> Iterator[np.ndarray]:
+        left = end
+        for url, count in zip(self.urls, self.counts):
+            if left <= 0:
+                return
+            with storage.open_read(url) as f:
+                f.seek(HEADER_BYTES)
+                n = min(count, left)
+                done = 0
+                while done < n:
+                    k = min(n - done, 1 << 22)
+                    raw = f.read(k * self.dtype.itemsize)
+                    if len(raw) != k * self.dtype.itemsize:
+                        raise CookError(f"{storage.redact(url)}: truncated token shard")
+                    yield np.frombuffer(raw, dtype=self.dtype)
+                    done += k
+            left -= n
+
+    def chunks(self, size: int, limit: int | None = None) -> Iterator[np.ndarray]:
+        end = self.tokens if limit is None else min(self.tokens, int(limit))
+        buf = np.empty(0, dtype=np.int64)
+        for piece in self._pieces(end):
+            buf = np.concatenate([buf, piece.astype(np.int64)]) if buf.size else piece.astype(np.int64)
+            while buf.size >= size:
+                yield buf[:size]
+                buf = buf[size:]
+        if buf.size:
+            yield buf
+
+
 def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, shard_tokens: int, val_fraction: float,
-                  workers: int, processes: bool, total_bytes: int) -> tuple[dict, dict[str, int]]:
+                  workers: int, processes: bool, total_bytes: int, upload_to: str | None = None) -> tuple[dict, dict[str, int]]:
     """Put the encoded pieces, in order, into the train/val shard writers; return their stats and the rows
-    skipped per file."""
-    writers = {s: ShardWriter(folder, s, np_dtype, shard_tokens) for s in ("train", "val")}
+    skipped per file. `upload_to`: a URL each finished shard goes to (`_UploadingWriter`; stats get `counts`)."""
+    if upload_to is None:
+        writers = {s: ShardWriter(folder, s, np_dtype, shard_tokens) for s in ("train", "val")}
+    else:
+        writers = {s: _UploadingWriter(folder, s, np_dtype, shard_tokens, upload_to) for s in ("train", "val")}
     docs = {"train": 0, "val": 0}
     nbytes = {"train": 0, "val": 0}  # UTF-8 bytes of the documents' text (eot separators not counted)
     skipped: dict[str, int] = {}
@@ -660,6 +796,8 @@ def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, s
     stats = {}
     for s, w in writers.items():
         stats[s] = {"paths": w.close(), "tokens": w.tokens, "documents": docs[s], "bytes": nbytes[s], "digest": w.digest()}
+        if upload_to is not None:
+            stats[s]["counts"] = w.counts
     return stats, skipped
 
 
@@ -695,7 +833,8 @@ def __getattr__(name: str):
 
     t = task(
         name="tokenize",
-        cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / "meta.json"], version="2", exclude=("workers",)),
+        cache_policy=OutputsCache(outputs=lambda i: [storage.join(i["out"], "meta.json") if storage.is_remote(i["out"])
+                                                     else Path(i["out"]) / "meta.json"], version="2", exclude=("workers",)),
         **PERSISTED,
     )(_tokenize)
     globals()["tokenize_task"] = t

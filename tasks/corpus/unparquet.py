@@ -44,10 +44,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from prefect import task
 
+from model import storage
 from model.atomic import atomic_write
 from model.errors import CookError
 from tasks.core.caching import PERSISTED, OutputsCache, file_fingerprint
-from tasks.corpus.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs, is_text_type, text_array
+from tasks.corpus.documents import SCHEMA, TEXT_ESCAPE, TEXT_SEPARATOR, DocumentWriter, expand_inputs, is_text_type, open_remote, text_array
 from tasks.core.progress import progress
 
 FORMATS = ("parquet", "text", "csv")
@@ -85,7 +86,11 @@ def is_hub_path(src: str) -> bool:
 
 def _parts(src: str) -> tuple[str, ...]:
     s = str(src)
-    return PurePosixPath(s[len("hf://"):]).parts if is_hub_path(s) else Path(s).parts
+    if is_hub_path(s):
+        return PurePosixPath(s[len("hf://"):]).parts
+    if storage.is_remote(s):  # s3://bucket/data/<subset>/x.parquet -> ("bucket", "data", ...)
+        return PurePosixPath(s.split("://", 1)[1].split("?", 1)[0]).parts
+    return Path(s).parts
 
 
 def subset_of(src: str) -> str:
@@ -98,11 +103,13 @@ def subset_of(src: str) -> str:
     return folders[-1] if folders else ""
 
 
-def output_path(src: str, out_dir: str | os.PathLike, fmt: str = "parquet") -> Path:
-    """Where `src` converts to: `OUT/<subset>__<stem><suffix>` (deterministic)."""
+def output_path(src: str, out_dir: str | os.PathLike, fmt: str = "parquet") -> Path | str:
+    """Where `src` converts to: `OUT/<subset>__<stem><suffix>` (deterministic; a URL when OUT is one)."""
     stem = PurePosixPath(_parts(src)[-1]).stem
     subset = subset_of(src)
     name = f"{subset}__{stem}" if subset else stem
+    if storage.is_remote(out_dir):
+        return storage.join(out_dir, name + SUFFIX[fmt])
     return Path(out_dir) / (name + SUFFIX[fmt])
 
 
@@ -131,6 +138,10 @@ def _open(src: str, stack: list) -> pq.ParquetFile:
         f = hub_filesystem().open(src, "rb", block_size=8 << 20)
         stack.append(f)
         source: Any = f
+    elif storage.is_remote(src):
+        f = open_remote(src)  # ranged reads of READ_BUFFER through fsspec; CookError when it is not there
+        stack.append(f)
+        source = f
     else:
         if not Path(src).is_file():
             raise CookError(f"{src}: file not found")
@@ -138,9 +149,9 @@ def _open(src: str, stack: list) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(source, buffer_size=READ_BUFFER, pre_buffer=False)
     except pa.ArrowInvalid as e:
-        raise CookError(f"{src}: not a readable parquet file, truncated or not parquet ({_line(e)})") from None
+        raise CookError(f"{storage.redact(src)}: not a readable parquet file, truncated or not parquet ({_line(e)})") from None
     except OSError as e:
-        if is_hub_path(src):
+        if is_hub_path(src) or storage.is_remote(src):
             raise  # a network problem: the task retries
         raise CookError(f"{src}: cannot read ({_line(e)})") from None
 
@@ -192,18 +203,22 @@ def check_unparquet_args(sources: list[str], out: str, fmt: str = "parquet", col
         raise CookError("--column must name the text column")
     if not sources:
         raise CookError("no input given")
-    if Path(out).exists() and not Path(out).is_dir():
+    if storage.is_remote(out):
+        if storage.isfile(out):
+            raise CookError(f"--out {storage.redact(out)} is a file, not a folder")
+    elif Path(out).exists() and not Path(out).is_dir():
         raise CookError(f"--out {out} is a file, not a folder")
     local = [s for s in map(str, sources) if not is_hub_path(s)]
-    files = [str(p.resolve()) for p in expand_inputs(local, suffixes=(".parquet",))] if local else []
+    files = [p if isinstance(p, str) else str(p.resolve()) for p in expand_inputs(local, suffixes=(".parquet",))] if local else []
     for s in map(str, sources):
         if is_hub_path(s):
             files += [f for f in _expand_hub(s) if f not in files]
-    seen: dict[Path, str] = {}
+    seen: dict[Path | str, str] = {}
     for f in files:
         o = output_path(f, out, fmt)
         if o in seen:
-            raise CookError(f"{seen[o]} and {f} would both be written to {o.name}; convert them into different --out folders")
+            raise CookError(f"{storage.redact(seen[o])} and {storage.redact(f)} would both be written to {storage.name(o)}; "
+                            "convert them into different --out folders")
         seen[o] = f
     return files
 
@@ -211,7 +226,7 @@ def check_unparquet_args(sources: list[str], out: str, fmt: str = "parquet", col
 def source_fingerprint(src: str) -> dict:
     """What identifies a source's content for the cache: size/mtime/sample hash, or the Hub's blob id."""
     if not is_hub_path(src):
-        return file_fingerprint(src)
+        return file_fingerprint(src)  # a path or a URL (model/storage.py)
     try:
         info = hub_filesystem().info(src)
     except Exception as e:
@@ -232,12 +247,12 @@ def _string_buffers(texts: pa.StringArray) -> tuple[memoryview, memoryview]:
 class _Sink:
     """One output file of one format, written atomically: it exists only once complete."""
 
-    def __init__(self, path: Path, fmt: str):
+    def __init__(self, path: Path | str, fmt: str):
         self.fmt = fmt
         if fmt == "parquet":
             self._doc = DocumentWriter(path, OUT_SCHEMA)
             return
-        self._ctx = atomic_write(path, "wb")
+        self._ctx = storage.atomic_open(path) if storage.is_remote(path) else atomic_write(path, "wb")
         self._f: IO[bytes] = self._ctx.__enter__()
         if fmt == "csv":
             schema = pa.schema([OUT_SCHEMA.field(c) for c in CSV_COLUMNS])
@@ -300,12 +315,13 @@ def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", col
         raise CookError(f"unknown format '{fmt}' (choose {', '.join(FORMATS)})")
     t0 = time.perf_counter()
     src = str(src)
+    shown = storage.redact(src)  # what messages and the provenance columns say: a URL without credentials
     out = output_path(src, out_dir, fmt)
     subset = subset_of(src) if subset is None else subset
     stack: list = []
     try:
         pf = _open(src, stack)
-        _text_column(pf, src, column)
+        _text_column(pf, shown, column)
         names = set(pf.schema_arrow.names)
         present = [c for c in PASS_THROUGH if c in names and c != column]
         source = "cosmopedia" if "cosmopedia" in src.lower() or COSMOPEDIA_COLUMNS <= names else "parquet"
@@ -319,8 +335,8 @@ def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", col
         sink = _Sink(out, fmt)
         try:
             with progress(f"unparquet {PurePosixPath(_parts(src)[-1]).name}", total=total) as bar:
-                for batch in _batches(pf, src, [column, *present]):
-                    table = _documents(batch, column, present, stats, id_prefix, source, src, subset, fetched_at, bad_rows)
+                for batch in _batches(pf, shown, [column, *present]):
+                    table = _documents(batch, column, present, stats, id_prefix, source, shown, subset, fetched_at, bad_rows)
                     if table.num_rows:
                         sink.write(table)
                     bar.advance(batch.num_rows)
@@ -333,9 +349,9 @@ def convert_file(src: str, out_dir: str | os.PathLike, fmt: str = "parquet", col
             f.close()
     if stats["invalid_utf8"]:
         more = ", …" if stats["invalid_utf8"] > len(bad_rows) else ""
-        _logger().warning("%s: %d rows rejected (%s: text not valid UTF-8): row %s%s", src, stats["invalid_utf8"],
+        _logger().warning("%s: %d rows rejected (%s: text not valid UTF-8): row %s%s", shown, stats["invalid_utf8"],
                           INVALID_UTF8, ", ".join(map(str, bad_rows)), more)
-    return {"src": src, "out": str(out), **stats, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"src": shown, "out": storage.redact(out), **stats, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _logger() -> logging.Logger:
@@ -381,8 +397,8 @@ def _group_batches(pf: pq.ParquetFile, src: str, columns: list[str], group: int)
         except pa.ArrowInvalid as e:
             raise CookError(f"{src}: corrupt parquet data ({_line(e)})") from None
         except OSError as e:
-            if is_hub_path(src):
-                raise
+            if is_hub_path(src) or storage.is_remote(src):
+                raise  # a network problem: the task retries
             raise CookError(f"{src}: cannot read parquet data, truncated? ({_line(e)})") from None
         yield batch
 

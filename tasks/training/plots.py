@@ -16,7 +16,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from model import storage
 from model.atomic import atomic_write_bytes
+from model.errors import CookError
+from model.shards import load_meta
 
 LOSS_PNG = "loss.png"
 IMAGE_KEY = "train-loss"  # artifact keys: lowercase letters, digits, dashes
@@ -24,12 +27,13 @@ WIDTH_IN, HEIGHT_IN, DPI = 8, 4, 100
 
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:
-    """The records of RUN/metrics.jsonl (lines cut by a crash are skipped); [] if there is none."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
+    """The records of RUN/metrics.jsonl (lines cut by a crash are skipped); [] if there is none. RUN may be a URL."""
+    try:
+        text = storage.read_text(storage.join(run, "metrics.jsonl"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -88,30 +92,33 @@ def render_loss_curve(records: list[dict], title: str = "", iters_per_chunk: int
 
 
 def save_loss_curve(run: str | os.PathLike) -> bytes | None:
-    """Render RUN's loss curve and write it atomically to RUN/loss.png; return the PNG (None: no metrics yet)."""
-    run = Path(run)
+    """Render RUN's loss curve and write it atomically to RUN/loss.png (RUN may be a URL); return the PNG (None: no
+    metrics yet)."""
     records = read_metrics(run)
     if not records:
         return None
     try:
-        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        info = json.loads(storage.read_text(storage.join(run, "run.json")))
         iters_per_chunk = int(info["iters_per_chunk"])
     except (OSError, ValueError, KeyError, TypeError):
         info, iters_per_chunk = {}, None
     bpb_per_nat, baseline = _bpb_scale(info)
-    png = render_loss_curve(records, title=f"{run.name}: loss", iters_per_chunk=iters_per_chunk,
+    png = render_loss_curve(records, title=f"{storage.name(run)}: loss", iters_per_chunk=iters_per_chunk,
                             bpb_per_nat=bpb_per_nat, baseline=baseline)
-    atomic_write_bytes(run / LOSS_PNG, png)
+    if storage.is_remote(run):
+        storage.write_bytes(storage.join(run, LOSS_PNG), png)
+    else:
+        atomic_write_bytes(Path(run) / LOSS_PNG, png)
     return png
 
 
 def _bpb_scale(info: dict) -> tuple[float | None, float | None]:
     """(val bits/byte per nat/token, bigram val loss) from the run's data folder's meta.json; None where unknown."""
     try:
-        meta = json.loads((Path(info["data"]["dir"]) / "meta.json").read_text(encoding="utf-8"))
+        meta = load_meta(info["data"]["dir"])  # a path or a URL
         val = meta["splits"]["val"]
         scale = val["tokens"] / val["bytes"] / math.log(2) if val.get("bytes") else None
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+    except (CookError, OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None, None
     return scale, ((meta.get("baseline") or {}).get("bigram") or {}).get("val_loss")
 
