@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints-ci.txt
 demo: setup
 	$(BIN)/cook demo
 
-# two pytest-xdist workers, a test file each at a time (the longest first: tests/conftest.py): about 15 min on 2 cores
+# two pytest-xdist workers, a test file each at a time (the longest first: tests/conftest.py): about 20 min on 2 cores
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
