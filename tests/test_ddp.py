@@ -47,6 +47,17 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.timeout(300)
+def assert_matches_one_process(data, run: Path, ref: Path) -> tuple[dict, dict]:
+    """One process doing both micro-batches of each step (grad_accum 2) is the same training as `run`, up to float
+    sums: train ARGS into `ref` and compare chunk 2's weights. Returns both runs' chunk-2 states."""
+    train_worker(str(data), str(ref), device="cpu", sample_tokens=0, **ARGS)
+    a = load_file(run / "checkpoints" / "chunk_000002" / "model.safetensors")
+    b = load_file(ref / "checkpoints" / "chunk_000002" / "model.safetensors")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff < 1e-4, diff
+    return tuple(json.loads((d / "checkpoints" / "chunk_000002" / "state.json").read_text()) for d in (run, ref))
+
+
 def test_two_gloo_ranks_stay_in_sync_and_match_one_process(data, tmp_path):
     run = tmp_path / "ddp-run"
     mp.spawn(_worker, args=(2, _free_port(), str(data), str(run), str(tmp_path)), nprocs=2, join=True)
@@ -54,15 +65,7 @@ def test_two_gloo_ranks_stay_in_sync_and_match_one_process(data, tmp_path):
     d1 = json.loads((tmp_path / "rank1.json").read_text())
     assert len(d0) == 2 and d0 == d1  # identical weights on both ranks after every chunk
 
-    # one process doing both micro-batches of each step (grad_accum 2) is the same training, up to float sums
-    ref = tmp_path / "one-process"
-    train_worker(str(data), str(ref), device="cpu", sample_tokens=0, **ARGS)
-    a = load_file(run / "checkpoints" / "chunk_000002" / "model.safetensors")
-    b = load_file(ref / "checkpoints" / "chunk_000002" / "model.safetensors")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert diff < 1e-4, diff
-    sa = json.loads((run / "checkpoints" / "chunk_000002" / "state.json").read_text())
-    sb = json.loads((ref / "checkpoints" / "chunk_000002" / "state.json").read_text())
+    sa, sb = assert_matches_one_process(data, run, tmp_path / "one-process")
     assert sa["world_size"] == 2 and sb["world_size"] == 1 and sa["tokens_seen"] == sb["tokens_seen"]
     assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-4)
 

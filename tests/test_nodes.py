@@ -14,13 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 from chardata import make_char_data
-from safetensors.torch import load_file
-from test_ddp import ARGS, _free_port  # ARGS: grad_accum 2 = one micro-batch on each node's one process; dropout on
+from test_ddp import ARGS, _free_port, assert_matches_one_process  # ARGS: grad_accum 2 = one micro-batch on each node's one process; dropout on
 
 from model.checkpoint import read_state
 from model.errors import CookError
 from model.launch import Nodes
-from model.train import ChunkOptions, RunSpec, train_worker
+from model.train import ChunkOptions, RunSpec
 from tasks.training.train import check_train_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,13 +91,7 @@ def test_two_nodes_match_one_process(data, tmp_path, cook_env):
         state = read_state(run / "checkpoints" / name)
         assert state["world_size"] == 2 and state["iteration"] == it
 
-    ref = tmp_path / "one-process"
-    train_worker(str(data), str(ref), device="cpu", sample_tokens=0, **ARGS)
-    a = load_file(run / "checkpoints" / "chunk_000002" / "model.safetensors")
-    b = load_file(ref / "checkpoints" / "chunk_000002" / "model.safetensors")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert diff < 1e-4, diff
-    sa, sb = (read_state(d / "checkpoints" / "chunk_000002") for d in (run, ref))
+    sa, sb = assert_matches_one_process(data, run, tmp_path / "one-process")
     assert sa["tokens_seen"] == sb["tokens_seen"] and sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-4)
 
     # the same commands again: the run is done, node 1 does not wait for a chunk that will not come
