@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml constraints-ci.txt
 demo: setup
 	$(BIN)/cook demo
 
-# two pytest-xdist workers, a test file each at a time (the longest first: tests/conftest.py): about 20 min on 2 cores
+# two pytest-xdist workers, a test file each at a time, the longest first (tests/conftest.py's order: xdist would
+# otherwise reorder files by their number of tests)
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: setup
 	$(BIN)/python -m pip install -q -c constraints-ci.txt -e '.[dev,bench]'

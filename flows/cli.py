@@ -280,7 +280,7 @@ def scrape_wikipedia(
     extra_urls: bool = typer.Option(True, "--extra-urls/--no-extra-urls", help="Follow links to other articles."),
     max_pages: int = typer.Option(500, "--max-pages", help="Stop after this many pages in all."),
     depth: int = typer.Option(1, "--depth", help="How many links deep to follow, breadth-first."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/wikipedia]."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or URL (s3://...: worked on in the cache, copied there) [default: DATA_DIR/wikipedia]."),
     concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight per host at most."),
     rate_limit: float = typer.Option(10.0, "--rate-limit", help="Requests per second per host at most."),
     refresh_after: float = typer.Option(20.0, "--refresh-after", min=0, help="Re-check pages fetched more than HOURS ago for edits, 50 per request (0: every run)."),
@@ -292,7 +292,7 @@ def scrape_wikipedia(
     from model.errors import CookError
 
     kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
-                  extra_urls=extra_urls, max_pages=max_pages, depth=depth, out=str(out) if out else None,
+                  extra_urls=extra_urls, max_pages=max_pages, depth=depth, out=_location(out),
                   concurrency=concurrency, rate_limit=rate_limit, refresh_after_hours=refresh_after)
     try:
         check_scrape_wikipedia_args(**kwargs)
@@ -308,7 +308,7 @@ def scrape_britannica(
     query: Optional[List[str]] = typer.Option(None, "--query", "-q", help="A search query (repeatable) [default: the built-in ~40 topics]."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="A file of queries, one a line."),
     max_pages_per_query: int = typer.Option(10, "--max-pages-per-query", help="Search result pages to walk per query."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/britannica]."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or URL (s3://...: worked on in the cache, copied there) [default: DATA_DIR/britannica]."),
     concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight at most."),
     rate_limit: float = typer.Option(5.0, "--rate-limit", help="Requests per second at most."),
     refresh_after: float = typer.Option(20.0, "--refresh-after", min=0, help="Revisit articles fetched more than HOURS ago with conditional requests (0: every run)."),
@@ -320,7 +320,7 @@ def scrape_britannica(
     from model.errors import CookError
 
     kwargs = dict(queries=list(query) if query else None, queries_file=str(queries) if queries else None,
-                  max_pages_per_query=max_pages_per_query, out=str(out) if out else None,
+                  max_pages_per_query=max_pages_per_query, out=_location(out),
                   concurrency=concurrency, rate_limit=rate_limit, refresh_after_hours=refresh_after)
     try:
         check_scrape_britannica_args(**kwargs)
@@ -336,7 +336,7 @@ def scrape_youtube(
     channel: Optional[List[str]] = typer.Option(None, "--channel", help="A channel id (repeatable) [default: the sample list]."),
     channels: Optional[Path] = typer.Option(None, "--channels", help="A file of channel ids, one a line."),
     languages: str = typer.Option("en", "--languages", help="Preferred caption languages, comma-separated."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/youtube]."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or URL (s3://...: worked on in the cache, copied there) [default: DATA_DIR/youtube]."),
     concurrency: int = typer.Option(4, "--concurrency", help="Transcript fetches in flight at most."),
     quota: int = typer.Option(10000, "--quota", help="YouTube Data API units to spend at most in this run."),
     refresh_after: float = typer.Option(20.0, "--refresh-after", min=0, help="Check channels listed more than HOURS ago for new uploads (0: every run)."),
@@ -348,7 +348,7 @@ def scrape_youtube(
     from model.errors import CookError
 
     kwargs = dict(channels=list(channel) if channel else None, channels_file=str(channels) if channels else None,
-                  languages=[l.strip() for l in languages.split(",") if l.strip()], out=str(out) if out else None,
+                  languages=[l.strip() for l in languages.split(",") if l.strip()], out=_location(out),
                   concurrency=concurrency, quota=quota)
     try:
         check_scrape_youtube_args(**kwargs)
@@ -363,26 +363,30 @@ def scrape_youtube(
 
 @scrape_app.command("wiki-dump")
 def scrape_wiki_dump(
-    dump: Path = typer.Argument(..., help="A pages-articles .xml or .xml.bz2 dump (multistream with its index: in parallel)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: DATA_DIR/wikipedia-dump]."),
+    dump: Optional[str] = typer.Argument(None, help="A pages-articles .xml or .xml.bz2 dump, a path or a URL (s3://...; "
+                                                    "multistream with its index beside it: in parallel) [default: the "
+                                                    "newest under DATA_DIR/dumps]."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or URL [default: DATA_DIR/wikipedia-dump]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: all cores]."),
-    fetch: bool = typer.Option(False, "--fetch", help="Fetch each title of the dump through the API scraper instead."),
+    fetch: bool = typer.Option(False, "--fetch", help="Fetch each title of the dump through the API scraper instead (a local --out)."),
     dask: Optional[str] = _dask_option(),
 ) -> None:
     """Read a Wikipedia XML dump into documents, streaming, in constant memory."""
     _prepare_env()
     _check_out(out, "wiki-dump")
     _check_dask(dask)
-    from flows.wiki_dump import check_wiki_dump_args, wiki_dump_flow
+    from flows.wiki_dump import check_args, wiki_dump_flow
+    from model import storage
     from model.errors import CookError
 
     try:
-        check_wiki_dump_args(str(dump), str(out) if out else None, workers)
+        check_args(dump, out, workers, fetch)
     except CookError as e:
         user_error(e, EXIT_USAGE)
-    result = _run(wiki_dump_flow, dump=str(dump), out=str(out) if out else None, workers=workers, fetch=fetch, dask=dask)
+    result = _run(wiki_dump_flow, dump=dump, out=out, workers=workers, fetch=fetch, dask=dask)
     if isinstance(result, dict) and result.get("truncated"):
-        typer.echo(f"warning: {dump} is truncated: kept every complete page before the cut", err=True)
+        typer.echo(f"warning: {storage.redact(result.get('dump') or dump or '')} is truncated: kept every complete page "
+                   "before the cut", err=True)
     if fetch:
         typer.echo(f"wiki-dump: fetched {result.get('fetched')} pages into {result.get('out')} "
                    f"({result.get('skipped_done')} already done, {len(result.get('failed') or [])} failed)")

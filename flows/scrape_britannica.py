@@ -14,16 +14,19 @@ selectors. A query whose crawl fails is reported and the others go on, unless th
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.report import items_label, publish_markdown, publish_table, run_name
+from model import storage
 from model.errors import CookError, Incomplete, SourceUnavailable
 from tasks.sources.britannica import DEFAULT_QUERIES, SOURCE, check_scrape_britannica_args, crawl_query_task, default_out
 from tasks.core import health
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import hold_output, one_writer
+from tasks.core.mirror import resolve_out, writer_lease
 from tasks.core.settings import get_settings
 
 __all__ = ["DEFAULT_QUERIES", "check_scrape_britannica_args", "scrape_britannica_flow"]
@@ -50,8 +53,16 @@ def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str |
     """
     qs = check_scrape_britannica_args(queries, queries_file, max_pages_per_query, out, concurrency, rate_limit,
                                       refresh_after_hours)
-    out_dir = Path(out).resolve() if out else default_out().resolve()
-    hold_output(out_dir)  # one writer per folder: before any task cleans up or writes
+    out_dir, remote = resolve_out(out, default_out().name)  # remote: the folder's place on the data store, or None
+    hold_output(remote or out_dir)  # one writer per folder: before any task cleans up or writes
+    with writer_lease(remote) if remote else contextlib.nullcontext():  # one machine per bucket folder
+        return _crawl(qs, max_pages_per_query, out_dir, remote, concurrency, rate_limit, refresh_after_hours)
+
+
+def _crawl(qs: list[str], max_pages_per_query: int, out_dir: Path, remote: str | None, concurrency: int,
+           rate_limit: float, refresh_after_hours: float) -> dict:
+    """The flow's body, once its output is held: one crawl task per query, then the summary and artifacts."""
+    shown = storage.redact(remote) if remote else str(out_dir)
     health.reset()  # a new run: hosts found down by an earlier run in this process get another chance
     base_url = get_settings().britannica_url.rstrip("/")
     logger = get_run_logger()
@@ -60,7 +71,7 @@ def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str |
     for q in qs:
         state = crawl_query_task.with_options(task_run_name=f"britannica {q}")(
             q, max_pages_per_query, str(out_dir), base_url, concurrency=concurrency, rate_limit=rate_limit,
-            refresh_after_hours=refresh_after_hours, return_state=True)
+            refresh_after_hours=refresh_after_hours, remote=remote, return_state=True)
         if state.is_completed():
             r = dict(state.result())
             r["state"] = state.name
@@ -81,7 +92,7 @@ def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str |
 
     documents = _documents(out_dir)
     summary = {
-        "out": str(out_dir), "base_url": base_url, "queries": len(qs), "documents": documents,
+        "out": shown, "base_url": base_url, "queries": len(qs), "documents": documents,
         "fetched": sum(r["fetched"] for r in rows), "failed": failed, "warnings": warnings, "cached": cached,
         "disallowed": sum(r["disallowed"] for r in rows),
         "refreshed": {k: sum((r.get("refreshed") or {}).get(k, 0) for r in rows) for k in ("checked", "changed", "refetched")},
@@ -90,14 +101,14 @@ def scrape_britannica_flow(queries: list[str] | None = None, queries_file: str |
     }
     _publish(summary)
     logger.info("scrape britannica: %d documents for %d queries (%d fetched now, %d queries cached), %d failures, %d warnings -> %s",
-                documents, len(qs), summary["fetched"], cached, len(failed), len(warnings), out_dir)
+                documents, len(qs), summary["fetched"], cached, len(failed), len(warnings), shown)
     failed_queries = [r for r in rows if r["state"] == "Failed"]
     if failed_queries and len(failed_queries) == len(qs):
         raise CookError(f"scrape britannica: every query failed, e.g. {failed_queries[0]['query']!r}: {failed_queries[0]['reason']}")
     transient = [f for f in failed if f.get("transient", True)]
     if transient:
         e = Incomplete(f"scrape britannica: {len(transient)} articles or queries failed (e.g. {transient[0]['error']}); "
-                       f"{documents} documents saved in {out_dir}; run the same command again to retry them")
+                       f"{documents} documents saved in {shown}; run the same command again to retry them")
         e.summary = summary  # for a parent flow that goes on (the pipeline)
         raise e
     return summary

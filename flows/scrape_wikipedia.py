@@ -14,16 +14,19 @@ published. A query whose search fails is reported and the other queries go on, u
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.report import count, items_label, publish_markdown, publish_table, run_name
+from model import storage
 from model.errors import CookError, Incomplete, SourceUnavailable
 from tasks.core import health
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import hold_output, one_writer
+from tasks.core.mirror import resolve_out, writer_lease
 from tasks.core.settings import get_settings
 from tasks.sources.wikipedia import DEFAULT_QUERIES, check_scrape_wikipedia_args, crawl_query_task, default_out
 
@@ -51,8 +54,16 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
     """
     qs = check_scrape_wikipedia_args(queries, queries_file, extra_urls, max_pages, depth, out, concurrency, rate_limit,
                                      refresh_after_hours)
-    out_dir = Path(out).resolve() if out else default_out().resolve()
-    hold_output(out_dir)  # one writer per folder: before any task cleans up or writes
+    out_dir, remote = resolve_out(out, default_out().name)  # remote: the folder's place on the data store, or None
+    shown = storage.redact(remote) if remote else str(out_dir)
+    hold_output(remote or out_dir)  # one writer per folder: before any task cleans up or writes
+    with writer_lease(remote) if remote else contextlib.nullcontext():  # one machine per bucket folder
+        return _crawl(qs, max_pages, extra_urls, depth, out_dir, remote, shown, concurrency, rate_limit, refresh_after_hours)
+
+
+def _crawl(qs: list[str], max_pages: int, extra_urls: bool, depth: int, out_dir: Path, remote: str | None, shown: str,
+           concurrency: int, rate_limit: float, refresh_after_hours: float) -> dict:
+    """The flow's body, once its output is held: one crawl task per query, then the summary and artifacts."""
     health.reset()  # a new run: hosts found down by an earlier run in this process get another chance
     api_url = get_settings().wikipedia_api_url
     depth = depth if extra_urls else 0
@@ -66,7 +77,7 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
             continue
         state = crawl_query_task.with_options(task_run_name=f"wikipedia {q}")(
             q, quota, depth, max_pages, str(out_dir), api_url, concurrency=concurrency, rate_limit=rate_limit,
-            refresh_after_hours=refresh_after_hours, return_state=True)
+            refresh_after_hours=refresh_after_hours, remote=remote, return_state=True)
         if state.is_completed():
             r = dict(state.result())
             r["state"] = state.name
@@ -85,21 +96,21 @@ def scrape_wikipedia_flow(queries: list[str] | None = None, queries_file: str | 
 
     failed_pages = [f for r in rows for f in r["failed"]]
     summary = {
-        "out": str(out_dir), "api_url": api_url, "queries": len(qs), "documents": used,
+        "out": shown, "api_url": api_url, "queries": len(qs), "documents": used,
         "fetched": sum(r["fetched"] for r in rows), "failed_pages": failed_pages, "failed_queries": errors,
         "refreshed": {k: sum((r.get("refreshed") or {}).get(k, 0) for r in rows) for k in ("checked", "changed", "refetched", "gone")},
         "cached": cached, "per_query": [{k: r.get(k) for k in ("query", "quota", "done", "fetched", "state")} | {"failed": len(r["failed"])} for r in rows],
     }
     _publish(summary, rows)
     logger.info("scrape wikipedia: %d documents for %d queries (%d fetched now, %d queries cached), %d pages failed, %d queries failed -> %s",
-                used, len(qs), summary["fetched"], cached, len(failed_pages), len(errors), out_dir)
+                used, len(qs), summary["fetched"], cached, len(failed_pages), len(errors), shown)
     if errors and len(errors) == len(qs):
         raise CookError(f"scrape wikipedia: every query failed, e.g. {errors[0]['query']!r}: {errors[0]['reason']}")
     transient = [f for f in failed_pages if f.get("transient", True)]
     if transient or errors:
         first = transient[0]["error"] if transient else errors[0]["reason"]
         e = Incomplete(f"scrape wikipedia: {count(len(transient), 'page')} and {count(len(errors), 'query', 'queries')} failed (e.g. {first}); "
-                       f"{used} documents saved in {out_dir}; run the same command again to retry them")
+                       f"{used} documents saved in {shown}; run the same command again to retry them")
         e.summary = summary  # for a parent flow that goes on (the pipeline)
         raise e
     return summary

@@ -17,15 +17,18 @@ line, and leaves the videos not fetched pending.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.report import count, items_label, publish_markdown, publish_table, run_name
+from model import storage
 from model.errors import CookError, Incomplete, SourceUnavailable
 from tasks.core import health
 from tasks.core.caching import FLOW_RESULTS
 from tasks.core.lock import hold_output, one_writer
+from tasks.core.mirror import Mirror, resolve_out, writer_lease
 from tasks.core.progress import progress
 from tasks.core.settings import get_settings
 from tasks.sources.youtube import (
@@ -68,17 +71,28 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
     if refresh_after_hours < 0:
         raise CookError(f"refresh_after_hours must be 0 or more (got {refresh_after_hours})")
     chans, langs = check_scrape_youtube_args(channels, channels_file, languages, out, concurrency, quota, batch_size)
-    out_dir = (Path(out) if out else default_out()).resolve()
+    out_dir, remote = resolve_out(out, default_out().name)  # remote: the folder's place on the data store, or None
     out_dir.mkdir(parents=True, exist_ok=True)
-    hold_output(out_dir)  # one writer per folder: before reconcile() and any task clean up or write
+    hold_output(remote or out_dir)  # one writer per folder: before reconcile() and any task clean up or write
+    with writer_lease(remote) if remote else contextlib.nullcontext():  # one machine per bucket folder
+        return _collect(chans, langs, out_dir, remote, concurrency, quota, batch_size, refresh_after_hours)
+
+
+def _collect(chans: list[str], langs: list[str], out_dir: Path, remote: str | None, concurrency: int, quota: int,
+             batch_size: int, refresh_after_hours: float) -> dict:
+    """The flow's body, once its output is held: reconcile, list the channels, fetch the due videos in batches."""
+    shown = storage.redact(remote) if remote else str(out_dir)
     logger = get_run_logger()
     health.reset()  # a new run: hosts found down by an earlier run in this process get another chance
 
-    repaired = reconcile(out_dir)
+    mirror = Mirror(out_dir, remote) if remote else None
+    if mirror is not None:  # a fresh machine takes the store's ledger; parts the store lacks go there
+        mirror.start()
+    repaired = reconcile(out_dir, mirror.has if mirror is not None else None)
     if repaired["released"]:
         logger.warning("scrape youtube: %d done videos had their part file deleted: they are fetched again", repaired["released"])
     recheck = refresh_after_hours * 3600.0
-    listing = list_channels_task(chans, str(out_dir), quota, get_settings().youtube_api_url, recheck)
+    listing = list_channels_task(chans, str(out_dir), quota, get_settings().youtube_api_url, recheck, remote)
     messages = [listing["message"]] if listing["stopped"] else []
     with YouTubeLedger(out_dir / LEDGER_NAME) as ledger:
         due = [v["video_id"] for v in ledger.due(langs)]
@@ -90,7 +104,7 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
             for i in range(0, len(due), batch_size):
                 try:
                     r = fetch_batch_task.with_options(task_run_name=f"youtube batch {i // batch_size + 1}")(
-                        due[i : i + batch_size], str(out_dir), langs, concurrency, streak, recheck)
+                        due[i : i + batch_size], str(out_dir), langs, concurrency, streak, recheck, remote)
                 except SourceUnavailable as e:  # youtube.com cannot be reached: the rest stays pending
                     unreachable, stopped = e, "unreachable"
                     messages.append(str(e))
@@ -111,7 +125,7 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
         unlisted = sum(1 for c in chans if not (ledger.channel(c) or {}).get("listed"))
         rows = channel_rows(chans, listing["per_channel"], {c["channel_id"]: c for c in ledger.channels()})
     summary = {
-        "out": str(out_dir), "channels": len(chans), "channels_unlisted": unlisted, "api_units": listing["units"], "quota": quota,
+        "out": shown, "channels": len(chans), "channels_unlisted": unlisted, "api_units": listing["units"], "quota": quota,
         "api_units_all_runs": listing["units_all_runs"],
         "new_videos": listing["new"], "due": len(due), "fetched": fetched, "failed": failed, "recovered": repaired["recovered"],
         "released": repaired["released"],
@@ -120,14 +134,14 @@ def scrape_youtube_flow(channels: list[str] | None = None, channels_file: str | 
     }
     _publish(summary, listing["per_channel"], rows)
     logger.info("scrape youtube: %d channels (%d API units), %d new videos, %d transcripts fetched, failed %s -> %s",
-                len(chans), listing["units"], listing["new"], fetched, failed or "none", out_dir)
+                len(chans), listing["units"], listing["new"], fetched, failed or "none", shown)
     if unreachable is not None:
         raise unreachable  # one line, exit 5; published above, and nothing of it was cached as done
     if stopped:
         logger.warning("scrape youtube stopped early: %s", summary["message"])
     left = transient_left(summary)
     if left:
-        e = Incomplete(f"youtube: {fetched} transcripts fetched into {out_dir}, but {left}; run the same command again "
+        e = Incomplete(f"youtube: {fetched} transcripts fetched into {shown}, but {left}; run the same command again "
                        "to retry them (videos that failed wait out a short backoff, blocked ones are tried at once)")
         e.summary = summary
         raise e

@@ -25,6 +25,11 @@ os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(_HOME) / "tiktoken-empty")  # never 
 os.environ["TMPDIR"] = str(Path(_HOME) / "tmp")
 os.environ["DASK_TEMPORARY_DIRECTORY"] = str(Path(_HOME) / "dask")
 
+# One torch/OpenMP thread in this process and every one it starts: `make test`'s two workers already fill the two
+# cores, and a second thread per process only spins (about 5x the CPU time per training step under load). Set before
+# torch is imported; bit-identical comparisons then train with the same thread count in and out of process.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 # The tests read the runs' step-by-step log lines from the CLI's output, as `cook --verbose` shows them; the quiet
 # default is tested on its own (test_cli.py::test_quiet_console_and_log_file).
 os.environ["COOK_VERBOSE"] = "1"
@@ -42,11 +47,14 @@ def prefect_api():
         yield PREFECT_API_URL.value()
 
 
-# The longest test files first: pytest-xdist (`--dist loadfile`) hands files out in collection order, so a long one
-# collected last would run alone at the end while the other worker idles.
-SLOW_FIRST = ("test_server.py", "test_nodes.py", "test_dask_bucket.py", "test_notebook.py", "test_pipeline.py",
-              "test_bucket_corpus.py", "test_train_ops.py", "test_youtube.py", "test_dask.py", "test_train.py",
-              "test_nights.py", "test_bucket_train.py", "test_remote_worker.py", "test_lock.py")
+# The longest test files first (by a full run's --durations): pytest-xdist (`--dist loadfile --no-loadscope-reorder`)
+# hands files out in collection order, so a long one collected last would run alone at the end while the other
+# worker idles.
+SLOW_FIRST = ("test_server.py", "test_nodes.py", "test_pipeline.py", "test_gpu_check.py", "test_notebook.py",
+              "test_train_ops.py", "test_bucket_train.py", "test_dask_bucket.py", "test_remote_worker.py",
+              "test_youtube.py", "test_train.py", "test_merge.py", "test_bad_input.py", "test_demo.py", "test_lock.py",
+              "test_dedup.py", "test_bucket_corpus.py", "test_bucket_scrape.py", "test_wikipedia.py", "test_dask.py",
+              "test_ddp.py", "test_tokenize.py", "test_wikidump.py", "test_cli.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -66,7 +74,6 @@ def cook_env(prefect_api, tmp_path):
     env["PREFECT_API_URL"] = str(prefect_api)
     env["COOK_DATA_DIR"] = str(tmp_path / "data")
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("OMP_NUM_THREADS", "2")
     return env
 
 

@@ -118,7 +118,7 @@ def test_help_of_the_real_command(cook, cook_env):
     proc = cook(["scrape", "wikipedia", "--help"], env={**cook_env, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     shown = " ".join(proc.stdout.split())
-    assert "Output folder [default: DATA_DIR/wikipedia]." in shown and "[default: the built-in ~40 topics]" in shown, proc.stdout
+    assert "Output folder or URL (s3://...: worked on in the cache, copied there) [default: DATA_DIR/wikipedia]." in shown and "[default: the built-in ~40 topics]" in shown, proc.stdout
 
 
 # --- an output folder that cannot be written -----------------------------------------------------------

@@ -68,9 +68,11 @@ def cluster(data_dir):
         os.environ.update(saved)
 
 
-def test_local_stage_runner_leaves_the_environment_alone(data_dir):
+def test_local_stage_runner_leaves_the_environment_alone(data_dir, monkeypatch):
     """A `local` cluster started for a stage must not leave OMP_NUM_THREADS=1 behind in the flow's process."""
     from prefect import flow
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # not the tests' 1, so that a nanny's reset to 1 shows
 
     from flows.runners import stage_runner
 

@@ -7,12 +7,19 @@ server's endpoint and keys in its environment and no COOK_DATA_DIR. Each worker 
 home and temp files) are hidden under an empty read-only tmpfs: a task that got a local path of the flow's machine,
 or read the flow's settings, fails there as it would on another machine.
 
-Then `cook unparquet`, `cook merge` and `cook tokenize` run with `--dask tcp://127.0.0.1:PORT` and
-COOK_DATA_DIR=s3://BUCKET/dask, and the same commands on the thread runner into s3://BUCKET/threads: the outputs are
-byte-identical (as tests/test_bucket_corpus.py compares them: documents but their fetch time, shards and token files
-byte for byte, stats.json and meta.json but the inputs they name), the stages' tasks ran on the workers (the
-scheduler's task stream), a rerun on the cluster is a cache hit (records and outputs in the bucket), the workers
-logged no error (Prefect only logs a result record it could not write) and left no scratch in their caches.
+Then `cook unparquet`, `cook merge`, `cook tokenize` and `cook scrape wiki-dump` run with
+`--dask tcp://127.0.0.1:PORT` and COOK_DATA_DIR=s3://BUCKET/dask, and the same commands on the thread runner into
+s3://BUCKET/threads (wiki-dump: see below): the outputs are byte-identical (as tests/test_bucket_corpus.py compares
+them: documents but their fetch time, shards and token files byte for byte, stats.json and meta.json but the inputs
+they name; wiki-dump's shards byte for byte, summary.json but its time and the locations it names), the stages'
+tasks ran on the workers (the scheduler's task stream), a rerun on the cluster is a cache hit (records and outputs
+in the bucket), the workers logged no error (Prefect only logs a result record it could not write) and left no
+scratch in their caches.
+
+wiki-dump takes its defaults from the bucket: the newest dump under DATA/dumps (a multistream dump and its index,
+which a worker copies into its own cache) into DATA/wikipedia-dump; its reference is the same dump read here from a
+local file (what the thread runner's task does). A rerun on the flow's machine is a cache hit from the record a
+worker wrote (the dump is not copied); a missing dump object and `--fetch` into the bucket are one line each.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cook
+from dumpgen import make_pages, write_dump
 from model import storage
 from s3server import free_port
+from tasks.sources.wikidump import extract_dump, find_index
 from test_bucket_corpus import ORDERS, _objects
 from test_pipeline import _cosmo, _prose
 
@@ -136,6 +145,12 @@ def test_dask_workers_that_share_only_the_bucket(s3, cook_env, tmp_path):
     for subset, texts, order in (("stanford", a, ORDERS[0]), ("stories", b, ORDERS[1])):
         path = _cosmo(raw / subset / "train-00000-of-00001.parquet", texts, order)
         storage.put_file(path, f"{bucket}/raw/cosmopedia/data/{subset}/{path.name}")
+    # a small multistream dump and its index, in the flow's folder (hidden from the workers) and under DATA/dumps
+    (tmp_path / "flow" / "dumps").mkdir(parents=True)
+    dump = write_dump(tmp_path / "flow" / "dumps" / "enwiki-20240101-pages-articles-multistream.xml.bz2",
+                      make_pages(60, seed=5), multistream=True, pages_per_stream=10)
+    for f in (dump, find_index(dump)):
+        storage.put_file(f, f"{bucket}/dask/dumps/{f.name}")
 
     work, cache = tmp_path / "flow" / "work", tmp_path / "flow" / "cache"
     work.mkdir(parents=True)
@@ -165,6 +180,9 @@ def test_dask_workers_that_share_only_the_bucket(s3, cook_env, tmp_path):
             # a rerun on the cluster: the workers find the finished work by its records and outputs in the bucket
             out = cook(["unparquet", src, "--out", f"{D}/cosmopedia"], D, cluster.address)
             assert "(0 converted, 2 cached)" in out
+            # wiki-dump with its defaults: the newest dump under D/dumps -> D/wikipedia-dump
+            out = cook(["scrape", "wiki-dump", "--workers", "2"], D, cluster.address)
+            assert "-> " + f"{D}/wikipedia-dump (written)" in out
         ran = [t["key"] for t in ts.data]
         hosts = set(observer.run(os.getpid).values())
         flow_dir = str(tmp_path / "flow")
@@ -175,7 +193,7 @@ def test_dask_workers_that_share_only_the_bucket(s3, cook_env, tmp_path):
     for log in cluster.logs[1:]:  # a result record that could not be written is only logged by Prefect, as an error
         text = log.read_text(errors="replace")
         assert "| ERROR" not in text and "Traceback" not in text, text[-4000:]
-    for name, n in (("unparquet", 4), ("merge", 1), ("tokenize", 1)):
+    for name, n in (("unparquet", 4), ("merge", 1), ("tokenize", 1), ("read_dump", 1)):
         assert len([k for k in ran if name in str(k)]) == n, (name, ran)
     assert os.getpid() not in hosts
 
@@ -201,6 +219,39 @@ def test_dask_workers_that_share_only_the_bucket(s3, cook_env, tmp_path):
     assert list(work.iterdir()) == []
     for i in range(2):  # each worker's scratch (merge's, tokenize's) was under its own cache, and is gone
         assert not list((tmp_path / "cluster" / f"worker{i}" / "cache" / "tmp").glob("*"))
+    # the worker that read the dump copied it and its index into its own cache
+    copies = [p.name for i in range(2) for p in (tmp_path / "cluster" / f"worker{i}" / "cache" / "dumps").rglob("*.bz2")]
+    assert sorted(copies) == sorted([dump.name, find_index(dump).name]), copies
+
+    # the reference: the same dump read here from the local file, as the thread runner's task does
+    ref_dir = tmp_path / "flow" / "wiki-ref"
+    extract_dump(dump, ref_dir, workers=2)
+    ours = _objects(s3, f"{D}/wikipedia-dump")
+    ref = {p.name: p.read_bytes() for p in ref_dir.iterdir()}
+    assert sorted(ours) == sorted(ref) and "summary.json" in ours and len(ours) > 1
+    for k in ours:  # the shards, byte for byte
+        if k != "summary.json":
+            assert ours[k] == ref[k], k
+    a_sum, b_sum = json.loads(ours["summary.json"]), json.loads(ref["summary.json"])
+    assert (a_sum["dump"], a_sum["out"]) == (f"{D}/dumps/{dump.name}", f"{D}/wikipedia-dump") and a_sum["kept"] > 0
+    assert {k: v for k, v in a_sum.items() if k not in ("dump", "out", "seconds")} == \
+        {k: v for k, v in b_sum.items() if k not in ("dump", "out", "seconds")}
+    # a rerun on the flow's machine: a cache hit from the record the worker wrote in the bucket, nothing copied here
+    before = {k: storage.info(f"{D}/wikipedia-dump/{k}").get("ETag") for k in ours}
+    assert "-> " + f"{D}/wikipedia-dump (cached, unchanged dump)" in cook(["scrape", "wiki-dump"], D)
+    assert {k: storage.info(f"{D}/wikipedia-dump/{k}").get("ETag") for k in ours} == before
+    assert not (cache / "dumps").exists()
+    # bad input is one line, found before anything runs (the CLI's usage error): a missing dump object, --fetch
+    # into the bucket
+    from flows.wiki_dump import check_args
+    from model.errors import CookError
+
+    for args, line in (((f"{D}/dumps/enwiki-nope-pages-articles.xml.bz2", None, None),
+                        f"dump not found: {D}/dumps/enwiki-nope-pages-articles.xml.bz2"),
+                       ((str(dump), f"{D}/fetched", None, True), "--fetch with a bucket --out is not supported yet: ")):
+        with pytest.raises(CookError) as e:
+            check_args(*args)
+        assert str(e.value).startswith(line) and "\n" not in str(e.value) and s3.SECRET not in str(e.value)
     if why is not None:
         pytest.skip(f"the workers had their own folders but could see the flow's (the strict part): {why}")
 

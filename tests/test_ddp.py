@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from safetensors.torch import load_file
 
 from model.train import train_worker
 
-REPO = Path(__file__).resolve().parents[1]
 # dropout on: the masks of micro-step m must not depend on which process computes it (they are reseeded from it)
 ARGS = dict(preset="tiny", chunks=2, iters_per_chunk=4, seed=5, grad_accum=2, eval_interval=4, eval_iters=2, dropout=0.1)
 
@@ -70,19 +67,5 @@ def test_two_gloo_ranks_stay_in_sync_and_match_one_process(data, tmp_path):
     assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-4)
 
 
-@pytest.mark.timeout(300)
-def test_torchrun_entry(data, tmp_path, cook_env):
-    """The documented command: torchrun ... -m flows.cli train -- ARGS (rank 0 runs the Prefect flow).
-
-    The `--` keeps torchrun's own parser off our flags (it reads `--run` as an abbreviation of `--run-path`)."""
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flows.cli", "train", "--",
-           "--data", str(data), "--run", str(run), "--device", "cpu"]
-    for k, v in ARGS.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    env = {**cook_env, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert f"run: {run}" in r.stdout
-    state = json.loads((run / "checkpoints" / "chunk_000002" / "state.json").read_text())
-    assert state["world_size"] == 2 and state["iteration"] == 8
+# the documented torchrun command (torchrun ... -m flows.cli train -- ARGS) is run, and compared with
+# `cook train --gpus 2`, by tests/test_train_ops.py::test_gpus_cli_matches_hand_torchrun

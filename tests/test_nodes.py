@@ -151,7 +151,9 @@ def test_a_node_killed_mid_chunk_then_both_resume(data, tmp_path, cook_env):
     env = {**cook_env, "OMP_NUM_THREADS": "1"}
     port = _free_port()
     logs = [tmp_path / "node1.log", tmp_path / "node0.log"]
-    with _started([_train(data, run, port, 1, 10, args), _train(data, run, port, 0, 10, args)],
+    # node 1 waits up to 60 s for node 0's chunks (node 0's start is slow on a loaded machine); node 0's retry of
+    # chunk 2 waits its 10 s for node 1
+    with _started([_train(data, run, port, 1, 60, args), _train(data, run, port, 0, 10, args)],
                   {**env, "COOK_VERBOSE": "0"}, logs) as (n1, n0):
         deadline = time.monotonic() + 180
         while not _chunk_started(run, 2) and time.monotonic() < deadline and n0.poll() is None and n1.poll() is None:

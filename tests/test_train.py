@@ -405,7 +405,6 @@ def test_prefect_cancellation_saves_checkpoint(data, tmp_path, prefect_api):
     assert len(mids) == 1 and 0 < read_state(run / "checkpoints" / mids[0])["iteration"] < 5000
 
 
-
 def test_schedule_shapes_and_refusals():
     """WSD: warmup, flat, linear cooldown to min_lr at the planned end; a longer plan only moves the cooldown later.
     Cosine: nanoGPT's. Bad --cooldown / --warmup values are one-line errors."""

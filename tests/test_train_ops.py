@@ -183,6 +183,10 @@ def test_gpus_cli_matches_hand_torchrun(data, tmp_path, cook, cook_env):
            "--data", str(data), "--run", str(hand), "--device", "cpu", *_flags(DDP_ARGS)]
     h = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert h.returncode == 0, (h.stdout + h.stderr)[-3000:]
+    assert f"run: {hand}" in h.stdout  # the documented torchrun command (rank 0 runs the Prefect flow); the
+    # `--` keeps torchrun's own parser off our flags (it reads `--run` as an abbreviation of `--run-path`)
+    state = read_state(hand / "checkpoints" / "chunk_000002")
+    assert state["world_size"] == 2 and state["iteration"] == 8
     for f in ("model.safetensors", "optimizer.safetensors"):
         a = load_file(run / "checkpoints" / "chunk_000002" / f)
         b = load_file(hand / "checkpoints" / "chunk_000002" / f)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from model import storage
 from model.errors import CookError
 from tasks.sources.wikidump import (
     check_wiki_dump_args,
@@ -402,3 +403,35 @@ def test_dump_recognised_by_content(tmp_path, dumps, cook):
     assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "not a MediaWiki XML dump" in errors[0], r.stdout + r.stderr
+
+
+def test_a_dump_on_a_bucket_is_copied_once_per_machine(s3, dumps, tmp_path, monkeypatch):
+    """A dump at a URL: checked through the store (content, index), copied with its index (found beside it by name)
+    into the cache once, keyed by size and ETag: a second read reuses the copy, a dump uploaded again under the
+    same URL is copied again and the old copy goes. A missing object, a bucket that is not there, a URL that is not a
+    dump: one line, redacted."""
+    from tasks.sources.wikidump import local_dump
+
+    monkeypatch.setenv("COOK_CACHE_DIR", str(tmp_path / "cache"))
+    url = f"{s3.url}/dumps/{dumps['multi'].name}"
+    storage.put_file(dumps["multi"], url)
+    storage.put_file(find_index(dumps["multi"]), f"{s3.url}/dumps/{find_index(dumps['multi']).name}")
+    assert check_wiki_dump_args(url) == url and find_index(url) == f"{s3.url}/dumps/{find_index(dumps['multi']).name}"
+    first = local_dump(url)
+    assert first.read_bytes() == dumps["multi"].read_bytes() and find_index(first).name == find_index(dumps["multi"]).name
+    assert first.is_relative_to(tmp_path / "cache" / "dumps")
+    mtime = first.stat().st_mtime_ns
+    assert local_dump(url) == first and first.stat().st_mtime_ns == mtime  # the copy is reused
+    storage.put_file(dumps["bz2"], url)  # another dump under the same URL (no index beside it now)
+    storage.remove(f"{s3.url}/dumps/{find_index(dumps['multi']).name}")
+    second = local_dump(url)
+    assert second != first and not first.exists() and second.read_bytes() == dumps["bz2"].read_bytes()
+    assert find_index(second) is None
+    assert [d["id"] for d in iter_dump_documents(second)] == [f"wikipedia:en:{p.id}" for p in KEPT]
+    storage.write_bytes(f"{s3.url}/dumps/notes-pages-articles.xml", b"just some text, not XML\n")
+    for bad, line in ((f"{s3.url}/dumps/enwiki-nope-pages-articles.xml.bz2", "dump not found: "),
+                      ("s3://cook-no-such-bucket-x/enwiki-pages-articles.xml.bz2", "dump not found: "),
+                      (f"{s3.url}/dumps/notes-pages-articles.xml", f"{s3.url}/dumps/notes-pages-articles.xml: not a MediaWiki")):
+        with pytest.raises(CookError) as e:
+            check_wiki_dump_args(bad)
+        assert str(e.value).startswith(line) and "\n" not in str(e.value) and s3.SECRET not in str(e.value)

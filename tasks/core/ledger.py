@@ -73,6 +73,17 @@ class SqliteFile:
         with self._lock:
             self._db.close()
 
+    def backup(self, path: str | os.PathLike) -> Path:
+        """A consistent copy of the whole file (committed transactions only, WAL included) at `path`, as one plain
+        SQLite file: what goes to the data store (tasks/core/mirror.py) while this one stays open."""
+        with self._lock:
+            dst = sqlite3.connect(path)
+            try:
+                self._db.backup(dst)
+            finally:
+                dst.close()
+        return Path(path)
+
     def __enter__(self):
         return self
 
@@ -138,13 +149,15 @@ class Ledger(SqliteFile):
         now = time.time()
         self._write("UPDATE items SET checked_at = ? WHERE source = ? AND key = ?", [(now, source, str(k)) for k in keys])
 
-    def release_missing(self, source: str, out: str | os.PathLike) -> list[str]:
-        """Done items whose part file is gone from `out` go back to pending (fetched again by the next crawl that
-        meets them). Returns their keys."""
+    def release_missing(self, source: str, out: str | os.PathLike, exists: Callable[[str], bool] | None = None) -> list[str]:
+        """Done items whose part file is gone from `out` (`exists(part name)`, when given, says where else it may
+        be: the data store's copy of the folder) go back to pending (fetched again by the next crawl that meets
+        them). Returns their keys."""
         with self._lock:
             rows = self._db.execute("SELECT key, part FROM items WHERE source = ? AND status = 'done' AND part IS NOT NULL",
                                     (source,)).fetchall()
-        lost = [k for k, part in rows if not (Path(out) / part).exists()]
+        have = exists or (lambda part: (Path(out) / part).exists())
+        lost = [k for k, part in rows if not have(part)]
         now = time.time()
         self._write("UPDATE items SET status = 'pending', part = NULL, version = NULL, checked_at = NULL, updated_at = ? "
                     "WHERE source = ? AND key = ?", [(now, source, k) for k in lost])

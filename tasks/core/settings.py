@@ -72,12 +72,18 @@ class Settings(BaseSettings):
 
     def source_locations(self) -> list[str]:
         """`source_dirs` as locations: the gathered-documents folders that exist under COOK_DATA_DIR, on its store
-        when it is a URL (the scrapers keep writing this machine's `data_dir`: those count too)."""
-        found = [str(p) for p in self.source_dirs()]
-        if self.data_url:
-            from model import storage
+        when it is a URL. A source with no folder on the store counts from this machine's `data_dir` (`wiki-dump`
+        writes there); one that has both counts once, from the store (the scrapers copy their folder there)."""
+        if not self.data_url:
+            return [str(p) for p in self.source_dirs()]
+        from model import storage
 
-            found = [loc for loc in (self.location(d) for d in SOURCE_DIRS.values()) if storage.isdir(loc)] + found
+        found = []
+        for d in SOURCE_DIRS.values():
+            if storage.isdir(self.location(d)):
+                found.append(self.location(d))
+            elif (self.data_dir / d).is_dir():
+                found.append(str(self.data_dir / d))
         return found
 
 

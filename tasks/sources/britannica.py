@@ -237,12 +237,14 @@ class Crawler(CrawlerBase):
 
     def __init__(self, out: str | Path, *, base_url: str | None = None, concurrency: int = 4, rate_limit: float = 5.0,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, batch_pages: int = 16,
-                 on_article: Callable[[bool], None] | None = None, on_todo: Callable[[int], None] | None = None):
+                 on_article: Callable[[bool], None] | None = None, on_todo: Callable[[int], None] | None = None,
+                 remote: str | None = None):
         from tasks.core.settings import get_settings
 
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(self.out)
+        self._start_mirror(self.out, remote)  # `remote`: the folder's copy on the data store
         self.base = (base_url or get_settings().britannica_url).rstrip("/")
         self.client = PoliteClient(concurrency=concurrency, rate_limit=rate_limit, timeout=timeout, retries=retries,
                                    backoff=backoff, headers={"Accept": "text/html,application/xhtml+xml"})
@@ -269,7 +271,7 @@ class Crawler(CrawlerBase):
         whose part is gone (deleted by hand) back to pending too (`self.released`)."""
         head = SOURCE + ":"
         recovered = self.ledger.recover(SOURCE, self.out, lambda i: "/" + i[len(head):] if i.startswith(head) else None)
-        self.released = self.ledger.release_missing(SOURCE, self.out)
+        self.released = self.ledger.release_missing(SOURCE, self.out, self._part_exists)
         return recovered
 
     def _add_conditional(self, request: httpx.Request) -> None:
@@ -331,7 +333,7 @@ class Crawler(CrawlerBase):
         """Write the buffered articles: one atomic part, recorded in the ledger crash-safely. Aliases (paths
         that redirect to an article) carry no document: they are done with their batch."""
         if self._buffer:
-            self.ledger.write_batch(SOURCE, self.out, SOURCE, self._buffer)
+            self._write_batch(SOURCE, SOURCE, self._buffer)
             self._buffer = []
 
     def robots(self) -> urllib.robotparser.RobotFileParser:
@@ -506,13 +508,15 @@ def check_scrape_britannica_args(queries: list[str] | None = None, queries_file:
 
 
 def crawl_query(query: str, max_pages: int, out: str, base_url: str | None = None, concurrency: int = 4,
-                rate_limit: float = 5.0, refresh_after_hours: float | None = None, **crawler_kw) -> dict:
+                rate_limit: float = 5.0, refresh_after_hours: float | None = None, remote: str | None = None,
+                **crawler_kw) -> dict:
     """Crawl one query into `out` (see Crawler.crawl; its articles fetched or checked more than
     `refresh_after_hours` ago are revisited first) and record its manifest: complete only when no transient
-    failure is left (warnings about structure changes do not count)."""
+    failure is left (warnings about structure changes do not count). With `remote`, `out` is kept copied to that
+    place on the data store (tasks/core/mirror.py)."""
     with progress(f"britannica: {query}") as bar:
         with Crawler(out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit,
-                     on_article=lambda ok: bar.advance(1), on_todo=bar.set_total, **crawler_kw) as c:
+                     on_article=lambda ok: bar.advance(1), on_todo=bar.set_total, remote=remote, **crawler_kw) as c:
             summary = c.crawl(query, max_pages, refresh_before=refresh_cutoff(refresh_after_hours))
     complete = not any(f.get("transient", True) for f in summary["failed"])
     write_manifest(out, query, {"max_pages": max_pages}, summary, complete)
@@ -521,8 +525,9 @@ def crawl_query(query: str, max_pages: int, out: str, base_url: str | None = Non
 
 @task(name="crawl-britannica-query", cache_policy=query_cache(("max_pages",), version="2"), **PERSISTED)
 def crawl_query_task(query: str, max_pages: int, out: str, base_url: str, concurrency: int = 4,
-                     rate_limit: float = 5.0, refresh_after_hours: float | None = 20.0) -> dict:
-    """Prefect wrapper of `crawl_query`; cached on (query, max_pages, out, base_url) while its manifest says the
-    run left no transient failure, is younger than `refresh_after_hours` and its parts exist."""
+                     rate_limit: float = 5.0, refresh_after_hours: float | None = 20.0, remote: str | None = None) -> dict:
+    """Prefect wrapper of `crawl_query`; cached on (query, max_pages, out, base_url, remote) while its manifest says
+    the run left no transient failure, is younger than `refresh_after_hours` and its parts exist (here or on the
+    data store)."""
     return crawl_query(query, max_pages, out, base_url=base_url, concurrency=concurrency, rate_limit=rate_limit,
-                       refresh_after_hours=refresh_after_hours)
+                       refresh_after_hours=refresh_after_hours, remote=remote)

@@ -89,8 +89,8 @@ def write_manifest(out: str | Path, query: str, spec: dict, summary: dict, compl
 
 def query_valid(spec_keys: tuple[str, ...]) -> Callable[[dict], bool]:
     """A query task's cached result holds while its manifest says: the same spec, complete (no transient
-    failures left), every part it lists still there, and finished less than `refresh_after_hours` ago
-    (an input; None: never too old)."""
+    failures left), every part it lists still there (on the data store, for a mirrored folder), and finished less
+    than `refresh_after_hours` ago (an input; None: never too old)."""
 
     def valid(inputs: dict) -> bool:
         m = manifest_path(inputs["out"], inputs["query"])
@@ -101,12 +101,31 @@ def query_valid(spec_keys: tuple[str, ...]) -> Callable[[dict], bool]:
             return False
         if body.get("complete") is not True or spec != {k: inputs.get(k) for k in spec_keys}:
             return False
-        if not all((Path(inputs["out"]) / p).exists() for p in parts):
+        if not all(map(part_exists(inputs["out"], inputs.get("remote")), parts)):
             return False
         hours = inputs.get("refresh_after_hours")
         return hours is None or time.time() - finished < float(hours) * 3600
 
     return valid
+
+
+def part_exists(out: str | Path, remote: str | None = None) -> Callable[[str], bool]:
+    """`exists(part name)`: the part is in `out`; with `remote` (the folder's copy on the data store, listed once),
+    in that copy, wherever else it is: what `cook merge` reads there is what counts (a run that does not hit the
+    cache uploads the local parts the store lacks)."""
+    names: set[str] | None = None
+
+    def exists(part: str) -> bool:
+        nonlocal names
+        if remote is None:
+            return (Path(out) / part).exists()
+        if names is None:
+            from model import storage
+
+            names = set(storage.listdir(remote))
+        return part in names
+
+    return exists
 
 
 def query_cache(spec_keys: tuple[str, ...], version: str) -> OutputsCache:
@@ -140,7 +159,28 @@ _C = TypeVar("_C", bound="CrawlerBase")
 
 class CrawlerBase:
     """What the Wikipedia and Britannica crawlers share as context managers: on close, the buffered documents are
-    written (`_flush`), then the worker pool, the HTTP client (`client`) and the ledger (`ledger`) are closed."""
+    written (`_flush`) and, with a `mirror` (tasks/core/mirror.py), the ledger is copied to the data store; then the
+    worker pool, the HTTP client (`client`) and the ledger (`ledger`) are closed."""
+
+    mirror = None  # a Mirror when the output folder has a copy on the data store
+
+    def _start_mirror(self, out: Path, remote: str | None) -> None:
+        """Before the ledger opens: with a `remote`, restore the ledger from the store (a fresh machine) and upload
+        the parts it lacks."""
+        if remote:
+            from tasks.core.mirror import Mirror
+
+            self.mirror = Mirror(out, remote)
+            self.mirror.start()
+
+    def _part_exists(self, part: str) -> bool:
+        return self.mirror.has(part) if self.mirror else (self.out / part).exists()
+
+    def _write_batch(self, source: str, prefix: str, batch: list, schema=None) -> None:
+        """`Ledger.write_batch` into `out`, then (mirrored) the part and the ledger to the data store."""
+        part = self.ledger.write_batch(source, self.out, prefix, batch, schema)
+        if self.mirror:
+            self.mirror.push(part, self.ledger)
 
     def _flush(self) -> None:
         raise NotImplementedError
@@ -148,6 +188,8 @@ class CrawlerBase:
     def close(self) -> None:
         try:
             self._flush()
+            if self.mirror:
+                self.mirror.push_ledger(self.ledger)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self.client.close()

@@ -17,6 +17,12 @@ Streaming, constant memory, parallel:
 
 Output: document parquet shards (`wiki-NNNNN.parquet`, rolled every SHARD_DOCS documents) in a folder
 written atomically, plus `summary.json`. Columns: the document schema + `license` + `revid`.
+
+On object storage (model/storage.py): a dump at a URL is copied once per machine into the cache (`local_dump`:
+keyed by its size and ETag, its multistream index found beside it by name and copied too, under a file lock);
+an output at a URL is written shard by shard from a local staging folder under the cache to a temp prefix
+beside it, and published whole with `summary.json` last (`storage.staged_dir`). The task takes the dump and the
+output as they are given (URLs stay URLs), so a Dask worker that shares only the bucket can run it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from model.atomic import atomic_dir, atomic_write_text
+from model import storage
+from model.atomic import atomic_dir, atomic_write, atomic_write_text
 from model.errors import CookError
 from tasks.corpus.documents import SCHEMA as DOC_SCHEMA
 from tasks.corpus.documents import DocumentWriter, read_documents
@@ -45,7 +52,7 @@ from tasks.sources.wikitext import PageTimeout, clean_wikitext
 
 __all__ = [
     "SCHEMA", "LICENSE", "check_wiki_dump_args", "dump_kind", "find_index", "dump_lang", "iter_dump_tables",
-    "iter_dump_documents", "extract_dump", "read_dump_task", "dump_titles", "skipped_names",
+    "iter_dump_documents", "extract_dump", "read_dump_task", "dump_titles", "skipped_names", "local_dump",
 ]
 
 log = logging.getLogger("cook.wikidump")
@@ -60,6 +67,7 @@ SUMMARY = "summary.json"
 PAGE_SECONDS = 30.0  # a page cleaning longer is skipped (COOK_WIKI_PAGE_SECONDS overrides)
 BUDGET_MIN_CHARS = 1 << 16  # smaller pages are never timed: they cannot take long
 FAILED_LISTED = 50  # skipped pages named in the counts and the summary (all are counted)
+COPY_LOCK_WAIT_S = 6 * 3600.0  # another process on this machine copying the same dump from the store
 
 _DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.I)
 _BAD_AMP = re.compile(r"&(?!amp;|#[0-9]+;|#x[0-9a-fA-F]+;)")
@@ -77,7 +85,7 @@ class UnsafeDump(CookError):
 
 def dump_lang(path: str | os.PathLike) -> str:
     """The wiki's language from a dump name like `enwiki-20240101-...` (`zh_yuewiki` -> `zh-yue`); default "en"."""
-    m = _LANG.match(Path(path).name)
+    m = _LANG.match(storage.name(path))
     return m.group(1).replace("_", "-") if m else "en"
 
 
@@ -87,7 +95,7 @@ _XML_PROLOG = re.compile(rb"(?:\s+|<\?xml[^>]*\?>|<!--.*?-->)*", re.S)
 HEAD_BYTES = 8192  # decompressed bytes looked at to recognise a dump
 
 
-def _xml_head_kind(head: bytes, path: Path) -> None:
+def _xml_head_kind(head: bytes, path: Path | str) -> None:
     """Raise unless `head` (the first decompressed bytes) opens a MediaWiki XML dump."""
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:]
@@ -104,10 +112,10 @@ def dump_kind(path: str | os.PathLike) -> str:
 
     bz2: the magic `BZh1`..`BZh9`, and its first decompressed bytes open a `<mediawiki` root. XML: `<mediawiki`
     after an optional BOM, XML declaration, comments and whitespace. Anything else is a one-line CookError naming
-    the file (a DTD is refused as UnsafeDump)."""
-    p = Path(path)
+    the file (a DTD is refused as UnsafeDump). A URL is read through the store (its first block only)."""
+    p = storage.redact(path) if storage.is_remote(path) else Path(path)
     try:
-        with open(p, "rb") as f:
+        with storage.open_read(path) if storage.is_remote(path) else open(p, "rb") as f:
             head = f.read(HEAD_BYTES)
             if not _BZ2_MAGIC.match(head):
                 _xml_head_kind(head, p)
@@ -126,33 +134,67 @@ def dump_kind(path: str | os.PathLike) -> str:
         raise CookError(f"{p}: not a valid bz2 file ({e})") from None
     except EOFError as e:
         raise CookError(f"{p}: not a valid bz2 file ({e})") from None
+    except CookError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a store's own errors (refused credentials, no endpoint): one line
+        raise CookError(f"{p}: cannot read the dump ({type(e).__name__}: {_first_line(e)})") from None
     if not out and not d.eof:
         raise CookError(f"{p}: the bz2 data ends before its first block is complete (a truncated dump?)")
     _xml_head_kind(out, p)
     return "bz2"
 
 
-def find_index(path: str | os.PathLike) -> Path | None:
+def _first_line(e: BaseException) -> str:
+    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+
+
+def find_index(path: str | os.PathLike) -> Path | str | None:
     """The multistream index beside a multistream dump, if present:
     `X-multistream.xml.bz2` -> `X-multistream-index.txt[.bz2]`, and the split files
-    `X-multistream1.xml-p1p41242.bz2` -> `X-multistream-index1.txt-p1p41242[.bz2]`."""
-    p = Path(path)
-    m = _SPLIT.match(p.name)
-    if not m:
+    `X-multistream1.xml-p1p41242.bz2` -> `X-multistream-index1.txt-p1p41242[.bz2]`. A dump at a URL: the index
+    object beside it on the store (its URL)."""
+    if storage.is_remote(path):
+        url = os.fspath(path)
+        for name in _index_names(storage.name(url)):
+            if storage.isfile(storage.join(storage.parent(url), name)):
+                return storage.join(storage.parent(url), name)
         return None
+    p = Path(path)
+    for name in _index_names(p.name):
+        if (p.parent / name).is_file():
+            return p.parent / name
+    return None
+
+
+def _index_names(dump_name: str) -> list[str]:
+    """The names a multistream dump's index may have, in the order they are looked for."""
+    m = _SPLIT.match(dump_name)
+    if not m:
+        return []
     prefix, num, span = m.group(1), m.group(2), m.group(3) or ""
     stems = [f"{prefix}-index{num}.txt{span}"]
     if num:  # a name that merely ends in digits (`dump2024.xml.bz2`)
         stems.append(f"{prefix}{num}-index.txt{span}")
-    for stem in stems:
-        for name in (stem + ".bz2", stem):
-            if (p.parent / name).is_file():
-                return p.parent / name
-    return None
+    return [name for stem in stems for name in (stem + ".bz2", stem)]
 
 
 def _open_index(path: Path):
     return bz2.open(path, "rt", encoding="utf-8") if path.suffix == ".bz2" else open(path, encoding="utf-8")
+
+
+def _first_index_line(index: Path | str) -> str:
+    """The first line of a multistream index, local or on a store (a dump is read from its local copy: the check
+    before the run only reads this line)."""
+    if not storage.is_remote(index):
+        with _open_index(Path(index)) as f:
+            return f.readline()
+    import io
+
+    with storage.open_read(index) as raw:
+        if str(index).endswith(".bz2"):
+            with bz2.open(raw, "rt", encoding="utf-8") as f:
+                return f.readline()
+        return io.TextIOWrapper(raw, encoding="utf-8").readline()
 
 
 def read_index_offsets(index: Path) -> list[int]:
@@ -178,39 +220,174 @@ def read_index_offsets(index: Path) -> list[int]:
     return offsets
 
 
-def newest_dump() -> Path:
-    """The newest `*pages-articles*.xml[.bz2]` under DATA/dumps: what a deployment reads when given no dump."""
+def newest_dump() -> Path | str:
+    """The newest `*pages-articles*.xml[.bz2]` under DATA/dumps: what a deployment reads when given no dump.
+    With COOK_DATA_DIR a URL, under its `dumps/` on the store (the newest by the store's modification time)."""
     from tasks.core.settings import get_settings
 
-    folder = get_settings().data_dir / "dumps"
+    settings = get_settings()
+    if settings.data_url:
+        folder = settings.location("dumps")
+        try:
+            found = [u for u in storage.glob(storage.join(folder, "*pages-articles*.xml*"))
+                     if u.endswith((".xml", ".bz2"))]
+            dated = [(str(_modified(storage.info(u))), storage.name(u), u) for u in found]
+        except CookError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the store's own errors: one line
+            raise CookError(f"{storage.redact(folder)}: cannot list the dumps "
+                            f"({type(e).__name__}: {_first_line(e)})") from None
+        if not dated:
+            raise CookError(f"no dump given and none in {storage.redact(folder)} (upload a *pages-articles*.xml.bz2 "
+                            "there, or pass one)")
+        return max(dated)[2]
+    folder = settings.data_dir / "dumps"
     found = [p for p in folder.glob("*pages-articles*.xml*") if p.name.endswith(".xml") or p.name.endswith(".bz2")]
     if not found:
         raise CookError(f"no dump given and none in {folder} (download a *pages-articles*.xml.bz2 there, or pass one)")
     return max(found, key=lambda p: (p.stat().st_mtime, p.name))
 
 
-def check_wiki_dump_args(dump: str, out: str | None = None, workers: int | None = None) -> Path:
-    """Validate before any task runs; return the dump's path. One-line CookError for a missing or wrong file,
-    a bad index, a bad worker count or an `--out` that is a file."""
-    p = Path(dump)
-    if not p.is_file():
-        raise CookError(f"dump not found: {dump}")
+def _modified(info: dict):
+    """A store object's modification time from its details (whichever key the store gives), else ""."""
+    for k in ("LastModified", "last_modified", "mtime", "updated", "created"):
+        if info.get(k) is not None:
+            return info[k]
+    return ""
+
+
+def check_wiki_dump_args(dump: str, out: str | None = None, workers: int | None = None) -> Path | str:
+    """Validate before any task runs; return the dump's path (its URL, a str, for a dump on a store). One-line
+    CookError for a missing or wrong file, a bad index, a bad worker count or an `--out` that is a file."""
+    if storage.is_remote(dump):
+        p: Path | str = os.fspath(dump)
+        shown = storage.redact(p)
+        try:
+            kind = storage.info(p).get("type")
+        except FileNotFoundError:
+            raise CookError(f"dump not found: {shown}") from None
+        except CookError:
+            raise
+        except Exception as e:  # noqa: BLE001 - refused credentials, an unreachable endpoint: one line
+            raise CookError(f"{shown}: cannot read the dump ({type(e).__name__}: {_first_line(e)})") from None
+        if kind != "file":
+            raise CookError(f"dump not found: {shown} (not a file)")
+    else:
+        p = Path(dump)
+        if not p.is_file():
+            raise CookError(f"dump not found: {dump}")
     dump_kind(p)
     if workers is not None and workers < 1:
         raise CookError(f"--workers must be at least 1 (got {workers})")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
+    if out is not None and storage.is_remote(out):
+        if _quiet(storage.isfile, out):
+            raise CookError(f"--out {storage.redact(out)} is a file, not a folder")
+    elif out is not None and Path(out).exists() and not Path(out).is_dir():
         raise CookError(f"--out {out} is a file, not a folder")
     index = find_index(p)
     if index is not None:
+        shown = storage.redact(index) if storage.is_remote(index) else index
         try:
-            with _open_index(index) as f:
-                first = f.readline()
+            first = _first_index_line(index)
         except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise CookError(f"{index}: unreadable multistream index ({type(e).__name__}: {e})") from None
+            raise CookError(f"{shown}: unreadable multistream index ({type(e).__name__}: {e})") from None
         off, sep, _ = first.partition(":")
         if not sep or not off.isdigit():
-            raise CookError(f"{index}: first line is not 'offset:pageid:title' (bad multistream index)")
+            raise CookError(f"{shown}: first line is not 'offset:pageid:title' (bad multistream index)")
     return p
+
+
+def _quiet(fn, *args) -> bool:
+    try:
+        return bool(fn(*args))
+    except Exception:  # noqa: BLE001 - a store that does not answer here: the stage says what is wrong
+        return False
+
+
+# --- a dump on object storage: this machine's copy ------------------------------------------------
+
+
+def _object_tag(info: dict) -> str:
+    """An object's identity on its store: size and content tag (ETag; else its modification time)."""
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("content_md5")
+    tag = str(etag).strip('"') if etag else str(_modified(info))
+    return f"{int(info.get('size') or 0)}:{tag}"
+
+
+def local_dump(dump: str | os.PathLike) -> Path:
+    """A dump as a local file: itself, or for a URL this machine's copy under the cache (COOK_CACHE_DIR).
+
+    The copy is `CACHE/dumps/<url key>/<fingerprint>/<name>`, with the multistream index (found beside the dump
+    on the store by name) copied beside it under its own name, so `find_index` finds it. The fingerprint is the
+    size and ETag of both objects: the same dump is copied once per machine, a dump uploaded again under the same
+    URL is copied again (and the older copy removed). Processes on one machine take a file lock around the copy:
+    one copies, the others wait and reuse it. The dump file appears last (atomically): it is there only once
+    both are whole."""
+    if not storage.is_remote(dump):
+        return storage.local_path(dump)
+    import hashlib
+    import shutil
+
+    from filelock import FileLock, Timeout
+
+    url = os.fspath(dump)
+    shown = storage.redact(url)
+    index = find_index(url)
+    tags = [_object_tag(_info(url))] + ([_object_tag(_info(index))] if index is not None else [])
+    home = storage.cache_dir() / "dumps" / storage.cache_key(url)
+    target = home / hashlib.sha256("\0".join(tags).encode()).hexdigest()[:16]
+    local = target / storage.name(url)
+    if local.is_file():
+        return local
+    home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(home.parent / f".{home.name}.lock"), timeout=COPY_LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CookError(f"{shown}: another process on this machine has been copying it for over "
+                        f"{COPY_LOCK_WAIT_S / 3600:.0f} h") from None
+    try:
+        if local.is_file():  # another process copied it while we waited
+            return local
+        for old in home.iterdir():  # copies of what the URL held before
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        target.mkdir(exist_ok=True)
+        if index is not None:
+            _copy(index, target / storage.name(index))
+        _copy(url, local)
+        now = [_object_tag(_info(url))] + ([_object_tag(_info(index))] if index is not None else [])
+        if now != tags or local.stat().st_size != int(tags[0].split(":")[0]):
+            shutil.rmtree(target, ignore_errors=True)
+            raise CookError(f"{shown} changed while it was being copied; run the command again")
+    finally:
+        lock.release()
+    return local
+
+
+def _info(url: str) -> dict:
+    try:
+        return storage.info(url)
+    except FileNotFoundError:
+        raise CookError(f"dump not found: {storage.redact(url)}") from None
+    except CookError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the store's own errors: one line
+        raise CookError(f"{storage.redact(url)}: cannot read the dump ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _copy(url: str, dest: Path) -> None:
+    """Copy one object to a local file that appears whole, with a progress bar (a dump is tens of GB)."""
+    size = int(_info(url).get("size") or 0)
+    log.info("wiki-dump: copying %s (%.1f MB) to this machine's cache %s", storage.redact(url), size / 1e6, dest.parent)
+    try:
+        with progress(f"copy {storage.name(url)}", total=size) as bar, storage.open_read(url) as src, \
+                atomic_write(dest, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+                bar.advance(len(chunk))
+    except FileNotFoundError:
+        raise CookError(f"dump not found: {storage.redact(url)} (gone while it was being copied)") from None
 
 
 # --- parsing (runs in worker processes) ----------------------------------------------------------
@@ -471,17 +648,56 @@ def dump_titles(dump: str | os.PathLike, workers: int | None = None) -> Iterator
 
 def extract_dump(
     dump: str | os.PathLike, out: str | os.PathLike, workers: int | None = None, shard_docs: int = SHARD_DOCS,
-    use_index: bool = True, processes: bool | None = None,
+    use_index: bool = True, processes: bool | None = None, source: str | None = None,
 ) -> dict:
-    """Read `dump` into document shards in `out` (the folder is replaced atomically); return the summary."""
+    """Read `dump` (a local file) into document shards in `out` (the folder is replaced atomically); return the
+    summary. `out` may be a URL: the shards are written to a staging folder under the cache, each uploaded once
+    whole to a temp prefix beside `out` and deleted here, and the folder is published with summary.json last
+    (`storage.staged_dir`). `source`: the dump as the summary names it (its URL when `dump` is a local copy)."""
     path = check_wiki_dump_args(str(dump), str(out), workers)
-    out = Path(out)
+    if not isinstance(path, Path):
+        raise CookError(f"{storage.redact(path)}: extract_dump reads a local file (see local_dump)")
+    if not storage.is_remote(out):
+        out = Path(out)
+        with atomic_dir(out) as tmp:
+            summary = _write_shards(path, tmp, str(out.resolve()), workers, shard_docs, use_index, processes, source)
+            atomic_write_text(tmp / SUMMARY, json.dumps(summary, indent=1))
+        return summary
+    import shutil
+
+    url = os.fspath(out).rstrip("/")
+    work = Path(storage.temp_dir("wiki-dump"))
+    try:
+        with storage.staged_dir(url, last=SUMMARY) as tmp:
+            def upload(shard: Path) -> None:
+                storage.put_file(shard, storage.join(tmp, shard.name))
+                shard.unlink()
+
+            summary = _write_shards(path, work, storage.redact(url), workers, shard_docs, use_index, processes, source,
+                                    on_shard=upload)
+            atomic_write_text(work / SUMMARY, json.dumps(summary, indent=1))
+            storage.put_file(work / SUMMARY, storage.join(tmp, SUMMARY))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _write_shards(path: Path, folder: Path, shown_out: str, workers: int | None, shard_docs: int, use_index: bool,
+                  processes: bool | None, source: str | None, on_shard: Callable[[Path], None] | None = None) -> dict:
+    """Write the dump's documents as shards into `folder` (each handed to `on_shard` once closed); the summary."""
     t0 = time.perf_counter()
     totals = _empty_stats()
     final: dict = {}
     shards: list[str] = []
-    with atomic_dir(out) as tmp, progress(f"wiki-dump {path.name}", total=path.stat().st_size) as bar:
-        writer: DocumentWriter | None = None
+    writer: DocumentWriter | None = None
+
+    def close() -> None:
+        done = writer.close()
+        shards.append(done.name)
+        if on_shard is not None:
+            on_shard(done)
+
+    with progress(f"wiki-dump {path.name}", total=path.stat().st_size) as bar:
         try:
             for table, stats in iter_dump_tables(path, workers, on_bytes=bar.advance, use_index=use_index, processes=processes):
                 if stats.get("final"):
@@ -496,41 +712,39 @@ def extract_dump(
                 start = 0
                 while start < table.num_rows:
                     if writer is None:
-                        writer = DocumentWriter(tmp / f"wiki-{len(shards):05d}.parquet", SCHEMA)
+                        writer = DocumentWriter(folder / f"wiki-{len(shards):05d}.parquet", SCHEMA)
                     take = min(shard_docs - writer.count, table.num_rows - start)
                     writer.write_table(table.slice(start, take))
                     start += take
                     if writer.count >= shard_docs:
-                        shards.append(writer.close().name)
+                        close()
                         writer = None
             if writer is not None:
-                shards.append(writer.close().name)
+                close()
                 writer = None
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        seconds = time.perf_counter() - t0
-        summary = {
-            "dump": str(path.resolve()),
-            "out": str(out.resolve()),
-            "lang": dump_lang(path),
-            "multistream": use_index and find_index(path) is not None,
-            "pages_seen": totals["pages"],
-            "kept": totals["kept"],
-            "skipped": {"namespace": totals["namespace"], "redirect": totals["redirect"], "empty": totals["empty"],
-                        "failed": totals["failed"]},
-            "skipped_pages": totals["failed_pages"],  # the first FAILED_LISTED pages that raised or ran too long
-            "truncated": bool(final.get("truncated")),
-            "truncation": final.get("reason", ""),
-            "xml_mb": round(totals["xml_bytes"] / 1e6, 3),
-            "seconds": round(seconds, 3),
-            "shards": shards,
-        }
-        atomic_write_text(tmp / SUMMARY, json.dumps(summary, indent=1))
+    summary = {
+        "dump": storage.redact(source) if source else str(path.resolve()),
+        "out": shown_out,
+        "lang": dump_lang(source or path),
+        "multistream": use_index and find_index(path) is not None,
+        "pages_seen": totals["pages"],
+        "kept": totals["kept"],
+        "skipped": {"namespace": totals["namespace"], "redirect": totals["redirect"], "empty": totals["empty"],
+                    "failed": totals["failed"]},
+        "skipped_pages": totals["failed_pages"],  # the first FAILED_LISTED pages that raised or ran too long
+        "truncated": bool(final.get("truncated")),
+        "truncation": final.get("reason", ""),
+        "xml_mb": round(totals["xml_bytes"] / 1e6, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "shards": shards,
+    }
     if summary["truncated"]:
         log.warning("wiki-dump: %s is truncated (%s): kept the %d complete pages before the cut",
-                    path, summary["truncation"], totals["pages"])
+                    summary["dump"], summary["truncation"], totals["pages"])
     return summary
 
 
@@ -542,15 +756,22 @@ def skipped_names(summary: dict) -> str:
     return names + (f"; and {more} more" if more > 0 else "")
 
 
-def _read_dump(dump: Path, out: str, workers: int | None = None) -> dict:
-    """Prefect wrapper of `extract_dump`; cached on the dump's fingerprint while `out/summary.json` exists."""
-    summary = extract_dump(dump, out, workers)
+def _read_dump(dump: Path | str, out: str, workers: int | None = None) -> dict:
+    """Prefect wrapper of `extract_dump`; cached on the dump's fingerprint (a URL's: its size and ETag) while
+    `out/summary.json` exists. `dump` and `out` come as the flow was given them: a dump at a URL is copied to
+    this machine's cache here (`local_dump`), so the task runs on a Dask worker that shares only the bucket."""
+    remote = storage.is_remote(dump)
+    summary = extract_dump(local_dump(dump), out, workers, source=os.fspath(dump) if remote else None)
     if summary["truncated"]:
         from prefect import get_run_logger
 
         get_run_logger().warning("wiki-dump: %s is truncated (%s): kept every complete page before the cut",
-                                 dump, summary["truncation"])
+                                 summary["dump"], summary["truncation"])
     return summary
+
+
+def _summary_location(out: str | os.PathLike) -> Path | str:
+    return storage.join(out, SUMMARY) if storage.is_remote(out) else Path(out) / SUMMARY
 
 
 def __getattr__(name: str):
@@ -564,7 +785,7 @@ def __getattr__(name: str):
 
     t = task(
         name="read-dump",
-        cache_policy=OutputsCache(outputs=lambda i: [Path(i["out"]) / SUMMARY], version="1", exclude=("workers",)),
+        cache_policy=OutputsCache(outputs=lambda i: [_summary_location(i["out"])], version="1", exclude=("workers",)),
         **PERSISTED,
     )(_read_dump)
     globals()["read_dump_task"] = t
@@ -572,10 +793,10 @@ def __getattr__(name: str):
 
 
 def read_summary(out: str | os.PathLike) -> dict:
-    return json.loads((Path(out) / SUMMARY).read_text())
+    return json.loads(storage.read_text(_summary_location(out)))
 
 
 def read_output(out: str | os.PathLike) -> Iterator[dict]:
-    """Every document written to `out`, in order."""
+    """Every document written to `out` (a folder or a URL), in order."""
     for name in read_summary(out)["shards"]:
-        yield from read_documents(Path(out) / name)
+        yield from read_documents(storage.join(out, name) if storage.is_remote(out) else Path(out) / name)

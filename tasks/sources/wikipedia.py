@@ -241,10 +241,11 @@ class Crawler(CrawlerBase):
 
     def __init__(self, out: str | Path, *, api_url: str | None = None, concurrency: int = 4, rate_limit: float = 10.0,
                  timeout: float = 30.0, retries: int = 6, backoff: float = 0.5, batch_pages: int = 16,
-                 on_page: Callable[[bool], None] | None = None):
+                 on_page: Callable[[bool], None] | None = None, remote: str | None = None):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(self.out)
+        self._start_mirror(self.out, remote)  # `remote`: the folder's copy on the data store
         self.client = WikiClient(api_url, concurrency=concurrency, rate_limit=rate_limit, timeout=timeout,
                                  retries=retries, backoff=backoff)
         self.lang, self._pattern = self.client.site()
@@ -269,7 +270,7 @@ class Crawler(CrawlerBase):
         revision ids were kept get theirs from their part."""
         prefix = f"{SOURCE}:{self.lang}:"
         recovered = self.ledger.recover(self.source, self.out, lambda i: i[len(prefix):] if i.startswith(prefix) else None)
-        self.released = self.ledger.release_missing(self.source, self.out)
+        self.released = self.ledger.release_missing(self.source, self.out, self._part_exists)
         self._backfill_versions(prefix)
         return recovered
 
@@ -278,6 +279,8 @@ class Crawler(CrawlerBase):
 
         by_part: dict[str, set[str]] = {}
         for key, part in self.ledger.unversioned(self.source):
+            if not (self.out / part).is_file():
+                continue  # on the data store only: not downloaded for this
             by_part.setdefault(part, set()).add(key)
         found: dict[str, str] = {}
         for part, keys in by_part.items():
@@ -292,7 +295,7 @@ class Crawler(CrawlerBase):
     def _flush(self) -> None:
         """Write the buffered pages: one atomic part, recorded in the ledger crash-safely."""
         if self._buffer:
-            self.ledger.write_batch(self.source, self.out, f"{SOURCE}-{self.lang}", self._buffer, DOC_SCHEMA)
+            self._write_batch(self.source, f"{SOURCE}-{self.lang}", self._buffer, DOC_SCHEMA)
             self._buffer = []
 
     def _one(self, pageid: int, title: str) -> dict:
@@ -452,14 +455,15 @@ class Crawler(CrawlerBase):
 
 
 def fetch_pages(titles: Iterable[str], out: str | Path, *, api_url: str | None = None, concurrency: int = 4,
-                rate_limit: float = 10.0, tag: str = "fetch", refresh_after_hours: float | None = None) -> dict:
+                rate_limit: float = 10.0, tag: str = "fetch", refresh_after_hours: float | None = None,
+                remote: str | None = None) -> dict:
     """Fetch the Wikipedia pages named by `titles` into document parts under `out` (ledger-resumable, polite;
     pages whose part is gone are fetched again; with `refresh_after_hours`, pages fetched or checked longer ago
-    are re-checked and fetched again if changed).
+    are re-checked and fetched again if changed; `remote`: the folder's copy on the data store, kept in step).
 
     Returns {fetched, skipped_done, failed: [{pageid, title, error, transient}], out}. Raises SourceUnavailable
     for a dead host."""
-    with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit) as c:
+    with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit, remote=remote) as c:
         summary = c.fetch_titles(titles, tag=tag, refresh_before=refresh_cutoff(refresh_after_hours))
     return {**summary, "out": str(Path(out))}
 
@@ -491,12 +495,13 @@ def check_scrape_wikipedia_args(queries: list[str] | None = None, queries_file: 
 
 def crawl_query(query: str, quota: int, depth: int, out: str, api_url: str | None = None, concurrency: int = 4,
                 rate_limit: float = 10.0, search_limit: int | None = None, refresh_after_hours: float | None = None,
-                **crawler_kw) -> dict:
+                remote: str | None = None, **crawler_kw) -> dict:
     """Crawl one query into `out` (see Crawler.crawl; its pages fetched or checked more than `refresh_after_hours`
-    ago are re-checked first) and record its manifest: complete only when no transient failure is left."""
+    ago are re-checked first) and record its manifest: complete only when no transient failure is left. With
+    `remote`, `out` is kept copied to that place on the data store (tasks/core/mirror.py)."""
     with progress(f"wikipedia: {query}", total=max(quota, 1)) as bar:
         with Crawler(out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit,
-                     on_page=lambda ok: bar.advance(1) if ok else None, **crawler_kw) as c:
+                     on_page=lambda ok: bar.advance(1) if ok else None, remote=remote, **crawler_kw) as c:
             bar.update(c.ledger.counts(c.source, tag=query)["done"])
             summary = c.crawl(query, quota, depth, search_limit, refresh_before=refresh_cutoff(refresh_after_hours))
             summary["parts"] = sorted({r["part"] for r in c.ledger.items(c.source, "done", tag=query) if r["part"]})
@@ -507,8 +512,10 @@ def crawl_query(query: str, quota: int, depth: int, out: str, api_url: str | Non
 
 @task(name="crawl-query", cache_policy=query_cache(("quota", "depth"), version="2"), **PERSISTED)
 def crawl_query_task(query: str, quota: int, depth: int, max_pages: int, out: str, api_url: str,
-                     concurrency: int = 4, rate_limit: float = 10.0, refresh_after_hours: float | None = 20.0) -> dict:
-    """Prefect wrapper of `crawl_query`; cached on (query, quota, depth, max_pages, out, api_url) while its
-    manifest says the run left no transient failure, is younger than `refresh_after_hours` and its parts exist."""
+                     concurrency: int = 4, rate_limit: float = 10.0, refresh_after_hours: float | None = 20.0,
+                     remote: str | None = None) -> dict:
+    """Prefect wrapper of `crawl_query`; cached on (query, quota, depth, max_pages, out, api_url, remote) while its
+    manifest says the run left no transient failure, is younger than `refresh_after_hours` and its parts exist
+    (here or on the data store)."""
     return crawl_query(query, quota, depth, out, api_url=api_url, concurrency=concurrency, rate_limit=rate_limit,
-                       refresh_after_hours=refresh_after_hours)
+                       refresh_after_hours=refresh_after_hours, remote=remote)

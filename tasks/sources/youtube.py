@@ -340,11 +340,13 @@ def _refresh(api: DataAPI, ledger: YouTubeLedger, ch: dict, refresh_after: float
 
 
 def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api_url: str | None = None,
-                  key: str | None = None, refresh_after: float | None = REFRESH_AFTER_S, **client_kw: Any) -> dict:
+                  key: str | None = None, refresh_after: float | None = REFRESH_AFTER_S, remote: str | None = None,
+                  **client_kw: Any) -> dict:
     """List every channel's uploads into `OUT/ledger.sqlite` within `quota` units; channels listed more than
     `refresh_after` seconds ago are checked for new uploads. A channel that fails is reported and the others
     go on (`transient` says whether retrying may help); the quota ends the listing cleanly; a rejected key or
-    the API's host found down raises SourceUnavailable. Returns {units, stopped (None | "quota"), message,
+    the API's host found down raises SourceUnavailable. With `remote`, the ledger is copied there at the end
+    (tasks/core/mirror.py). Returns {units, stopped (None | "quota"), message,
     per_channel, new}."""
     key = key or resolve_api_key()
     if not key:
@@ -364,6 +366,10 @@ def list_channels(channels: list[str], out: str | Path, quota: int = 10_000, api
                 stopped, message = "quota", f"listing stopped: {e}; a later run goes on from here"
             finally:
                 total = ledger.add_units(api.units) if api.units else None
+                if remote:
+                    from tasks.core.mirror import Mirror
+
+                    Mirror(out, remote).push_ledger(ledger)
     finally:
         api.close()
     return {"units": api.units, "units_all_runs": total, "stopped": stopped, "message": message, "per_channel": rows,
@@ -561,10 +567,11 @@ class BlockGuard:
             self.stop.wait(self.backoff * 2 ** (n - 1))
 
 
-def reconcile(out: str | Path) -> dict:
+def reconcile(out: str | Path, exists: Callable[[str], bool] | None = None) -> dict:
     """Bring the ledger in line with the parts on disk: temp files removed; staged videos found in their part
-    become done, the others pending (a crash); done videos whose part file is gone go back to pending (an output
-    deleted by hand is re-made, and only what was lost). Returns {recovered, reset, released}."""
+    become done, the others pending (a crash); done videos whose part file is gone (from `out`, and from where
+    `exists(part name)` also looks: the data store's copy) go back to pending (an output deleted by hand is
+    re-made, and only what was lost). Returns {recovered, reset, released}."""
     out = Path(out)
     clean_stale_temps(out)
     with YouTubeLedger(out / LEDGER_NAME) as ledger:
@@ -574,7 +581,7 @@ def reconcile(out: str | Path) -> dict:
                 for doc_id in pq.read_table(out / name, columns=["id"]).column("id").to_pylist():
                     written[doc_id.split(":", 1)[1]] = name
         recovered, reset = ledger.reconcile(written)
-        released = ledger.release_missing(lambda part: (out / part).is_file())
+        released = ledger.release_missing(exists or (lambda part: (out / part).is_file()))
     return {"recovered": recovered, "reset": reset, "released": released}
 
 
@@ -589,12 +596,13 @@ def recheck_delay(misses: int, recheck_after: float | None) -> float:
 def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], concurrency: int = 4,
                 blocked_streak: int = 0, opts: YouTubeOptions | None = None, youtube_url: str | None = None,
                 on_video: Callable[[], None] | None = None, rate: float | None = None,
-                recheck_after: float | None = REFRESH_AFTER_S) -> dict:
+                recheck_after: float | None = REFRESH_AFTER_S, remote: str | None = None) -> dict:
     """Fetch these videos' transcripts with `concurrency` threads, starting at most `rate` videos per second
     (None: COOK_YOUTUBE_RATE_LIMIT; 0: unlimited), into parquet parts under `out`, recording each outcome in the
     ledger; videos without captions are checked again after `recheck_delay(misses, recheck_after)`. Returns
     {fetched, failed: {state: n}, skipped, blocked_streak, stopped}. Raises SourceUnavailable when youtube.com
-    cannot be reached: what was fetched is written, the videos not fetched stay as they were (pending)."""
+    cannot be reached: what was fetched is written, the videos not fetched stay as they were (pending). With
+    `remote`, every part and then the ledger are copied there (tasks/core/mirror.py)."""
     from tasks.core.limits import HostLimits
     from tasks.core.settings import get_settings
 
@@ -608,6 +616,11 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
     proxy_secrets = _proxy_secrets(opts)
     failed: dict[str, int] = {}
     fetched = skipped = 0
+    mirror = None
+    if remote:
+        from tasks.core.mirror import Mirror
+
+        mirror = Mirror(out, remote)
     with YouTubeLedger(out / LEDGER_NAME) as ledger:
         rows = {v: ledger.video(v) for v in video_ids}
         buffer: list[dict] = []
@@ -621,6 +634,8 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
             ledger.stage(ids, part, {i: (d["language"], d["is_generated"]) for i, d in zip(ids, buffer)}, languages)
             write_documents(out / part, buffer, DOC_SCHEMA)
             ledger.mark_done(ids)
+            if mirror is not None:
+                mirror.push(out / part, ledger)
             fetched += len(buffer)
             buffer = []
 
@@ -682,6 +697,8 @@ def fetch_batch(video_ids: list[str], out: str | Path, languages: list[str], con
                 raise
             finally:
                 flush()
+                if mirror is not None:  # the failures recorded since the last part
+                    mirror.push_ledger(ledger)
     stopped = "blocked" if guard.stop.is_set() else None
     return {"fetched": fetched, "failed": failed, "skipped": skipped, "blocked_streak": guard.streak, "stopped": stopped}
 
@@ -734,9 +751,9 @@ def check_scrape_youtube_args(channels: list[str] | None = None, channels_file: 
 
 @task(name="list-youtube-channels", retries=0)
 def list_channels_task(channels: list[str], out: str, quota: int, api_url: str,
-                       refresh_after: float | None = REFRESH_AFTER_S) -> dict:
+                       refresh_after: float | None = REFRESH_AFTER_S, remote: str | None = None) -> dict:
     """Prefect wrapper of `list_channels` (the key is resolved inside: it is never a task parameter)."""
-    return list_channels(channels, out, quota, api_url, refresh_after=refresh_after)
+    return list_channels(channels, out, quota, api_url, refresh_after=refresh_after, remote=remote)
 
 
 # Progress bars of running flows, by output folder: batch tasks run in the flow's process and advance it.
@@ -745,8 +762,9 @@ RUN_BARS: dict[str, Any] = {}
 
 @task(name="fetch-youtube-batch", retries=0)
 def fetch_batch_task(video_ids: list[str], out: str, languages: list[str], concurrency: int = 4,
-                     blocked_streak: int = 0, recheck_after: float | None = REFRESH_AFTER_S) -> dict:
+                     blocked_streak: int = 0, recheck_after: float | None = REFRESH_AFTER_S, remote: str | None = None) -> dict:
     """Prefect wrapper of `fetch_batch`: one batch of videos, the overall progress bar moved per video."""
     bar = RUN_BARS.get(out)
     return fetch_batch(video_ids, out, languages, concurrency, blocked_streak,
-                       on_video=(lambda: bar.advance(1)) if bar is not None else None, recheck_after=recheck_after)
+                       on_video=(lambda: bar.advance(1)) if bar is not None else None, recheck_after=recheck_after,
+                       remote=remote)
