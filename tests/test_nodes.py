@@ -1,6 +1,7 @@
 """`cook train --nodes 2` on one machine as two "nodes": two cook commands, each launching a torchrun agent per
-chunk, meeting at a c10d rendezvous on a loopback port (gloo, CPU). Weights match one process doing the same
-micro-batches; a node that never comes fails the other with one line, within the rendezvous timeout."""
+chunk, meeting at a c10d rendezvous on a loopback port (gloo, CPU). With the data and the run on a bucket and a cache
+per node, weights match one process doing the same micro-batches; a node that never comes fails the other with one
+line, within the rendezvous timeout; a node killed mid-chunk fails the other, and the same commands resume."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from chardata import make_char_data
 from test_ddp import ARGS, _free_port, assert_matches_one_process  # ARGS: grad_accum 2 = one micro-batch on each node's one process; dropout on
 
+from model import storage
 from model.checkpoint import read_state
 from model.errors import CookError
 from model.launch import Nodes
@@ -29,7 +31,8 @@ def _flags(args: dict) -> list[str]:
     return [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def _train(data: Path, run: Path, port: int, node_rank: int, timeout_s: int, args: dict = ARGS) -> list[str]:
+def _train(data: Path | str, run: Path | str, port: int, node_rank: int, timeout_s: int,
+           args: dict = ARGS) -> list[str]:
     return [sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--run", str(run), "--device", "cpu",
             "--gpus", "1", "--nodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}", "--node-rank", str(node_rank),
             "--rdzv-timeout", str(timeout_s), *_flags(args)]
@@ -42,14 +45,15 @@ def _missing(chunk: int, port: int, timeout_s: int) -> str:
 
 
 @contextlib.contextmanager
-def _started(cmds: list[list[str]], env: dict, logs: list[Path]):
-    """Start the commands, stdout to LOG and stderr to LOG.err (a file: a pipe left unread could fill and block);
+def _started(cmds: list[list[str]], env: dict | list[dict], logs: list[Path]):
+    """Start the commands (with `env`, or each with its own), stdout to LOG and stderr to LOG.err (a file: a pipe left unread could fill and block);
     on the way out, kill what is left of them and their torchrun trees."""
     procs = []
     try:
-        for cmd, log in zip(cmds, logs):
+        for i, (cmd, log) in enumerate(zip(cmds, logs)):
             with open(log, "w") as out, open(f"{log}.err", "w") as err:
-                procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err))
+                procs.append(subprocess.Popen(cmd, env=env[i] if isinstance(env, list) else env, cwd=REPO, stdout=out,
+                                              stderr=err))
         yield procs
     finally:
         for p in procs:
@@ -72,14 +76,23 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.timeout(300)
-def test_two_nodes_match_one_process(data, tmp_path, cook_env):
-    """Node 1 starts first and waits; node 0 runs the flow. Both exit 0, rank 0 (on node 0) wrote the run, and
-    its weights equal one process doing both micro-batches of each step (up to float sums, as in test_ddp)."""
-    run = tmp_path / "run"
+def test_two_nodes_match_one_process_with_data_and_run_on_a_bucket(data, s3, tmp_path, cook_env):
+    """The token folder and the run on a bucket (a local S3-compatible server), each "machine" with its own cache
+    and working directory. Node 1 starts first and waits; node 0 runs the flow. Both exit 0, rank 0 (on node 0)
+    pushed the run to the bucket, and its weights equal one process doing both micro-batches of each step (up to
+    float sums, as in test_ddp)."""
+    storage.put_dir(data, f"{s3.url}/tokens")
+    bucket_data, run = f"{s3.url}/tokens", f"{s3.url}/runs/nodes"
     port = _free_port()
-    env = {**cook_env, "OMP_NUM_THREADS": "1"}
+    envs, works = [], []
+    for node in (1, 0):
+        work = tmp_path / f"machine{node}"
+        (work / "home").mkdir(parents=True)
+        envs.append({**cook_env, **s3.env(), "COOK_CACHE_DIR": str(work / "cache"), "HOME": str(work / "home")})
+        works.append(work)
     logs = [tmp_path / "node1.log", tmp_path / "node0.log"]
-    with _started([_train(data, run, port, 1, 120), _train(data, run, port, 0, 120)], env, logs) as (n1, n0):
+    cmds = [_train(bucket_data, run, port, 1, 120), _train(bucket_data, run, port, 0, 120)]
+    with _started(cmds, envs, logs) as (n1, n0):
         rc0, rc1 = n0.wait(timeout=240), n1.wait(timeout=120)
     out0, out1 = ("".join(_read(log)) for log in (logs[1], logs[0]))
     assert rc0 == 0 and rc1 == 0, (out0[-3000:], out1[-3000:])
@@ -87,15 +100,20 @@ def test_two_nodes_match_one_process(data, tmp_path, cook_env):
     assert "chunk 2 iter 8: eval train loss" in out0  # rank 0's log lines are on node 0, in its flow run's log
     assert "node 1: chunk 1 done" in out1 and "node 1: chunk 2 done (node 0's last)" in out1
     assert f"run: {run} (2 chunks trained with node 0)" in out1 and "Traceback" not in out0 + out1
+    assert s3.SECRET not in out0 + out1
+    for work in works:  # each machine cached the token shards once for itself
+        assert len(list((work / "cache").rglob("meta.json"))) >= 1, work
+    local = storage.get_dir(run, tmp_path / "run-from-bucket")
     for name, it in (("chunk_000001", 4), ("chunk_000002", 8)):
-        state = read_state(run / "checkpoints" / name)
+        state = read_state(local / "checkpoints" / name)
         assert state["world_size"] == 2 and state["iteration"] == it
 
-    sa, sb = assert_matches_one_process(data, run, tmp_path / "one-process")
+    sa, sb = assert_matches_one_process(data, local, tmp_path / "one-process")
     assert sa["tokens_seen"] == sb["tokens_seen"] and sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-4)
 
     # the same commands again: the run is done, node 1 does not wait for a chunk that will not come
-    r = subprocess.run(_train(data, run, port, 1, 120), env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(_train(bucket_data, run, port, 1, 120), env=envs[0], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0 and f"run {run}: all 2 chunks already trained" in r.stdout, r.stdout + r.stderr
 
 
