@@ -50,16 +50,18 @@ LOCK_WAIT_S = 3600.0  # a download of a large token folder by another process on
 
 
 @contextlib.contextmanager
-def _machine_lock(path: Path) -> Iterator[None]:
-    """Hold `path` (a lock file) against the other processes on this machine (flock: dropped if the holder dies)."""
+def machine_lock(path: Path, wait_s: float = LOCK_WAIT_S, busy: str | None = None) -> Iterator[None]:
+    """Hold `path` (a lock file) against the other processes on this machine (flock: dropped if the holder dies);
+    after `wait_s` a CookError: `busy`, or a line naming the lock."""
     from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), timeout=LOCK_WAIT_S)
+    lock = FileLock(str(path), timeout=wait_s)
     try:
         lock.acquire()
     except Timeout:
-        raise CookError(f"{path}: another process on this machine held the cache lock for over {LOCK_WAIT_S:.0f} s") from None
+        raise CookError(busy or f"{path}: another process on this machine held the cache lock for over {wait_s:.0f} s"
+                        ) from None
     try:
         yield
     finally:
@@ -95,7 +97,7 @@ def local_data(data: str | os.PathLike) -> Path:
     target = storage.cache_dir() / "tokens" / storage.cache_key(url, key)
     if (target / META_NAME).is_file():
         return target
-    with _machine_lock(target.parent / f".{target.name}.lock"):
+    with machine_lock(target.parent / f".{target.name}.lock"):
         if not (target / META_NAME).is_file():  # another process may have fetched it while we waited
             try:
                 storage.get_dir(url, target)
@@ -147,7 +149,7 @@ class RunSync:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with _machine_lock(self.local.parent / f".{self.local.name}.lock"):
+        with machine_lock(self.local.parent / f".{self.local.name}.lock"):
             yield
 
     # -- what the bucket holds

@@ -328,7 +328,7 @@ def local_dump(dump: str | os.PathLike) -> Path:
     import hashlib
     import shutil
 
-    from filelock import FileLock, Timeout
+    from model.runsync import machine_lock
 
     url = os.fspath(dump)
     shown = storage.redact(url)
@@ -339,16 +339,11 @@ def local_dump(dump: str | os.PathLike) -> Path:
     local = target / storage.name(url)
     if local.is_file():
         return local
-    home.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(home.parent / f".{home.name}.lock"), timeout=COPY_LOCK_WAIT_S)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise CookError(f"{shown}: another process on this machine has been copying it for over "
-                        f"{COPY_LOCK_WAIT_S / 3600:.0f} h") from None
-    try:
+    busy = f"{shown}: another process on this machine has been copying it for over {COPY_LOCK_WAIT_S / 3600:.0f} h"
+    with machine_lock(home.parent / f".{home.name}.lock", COPY_LOCK_WAIT_S, busy):
         if local.is_file():  # another process copied it while we waited
             return local
+        home.mkdir(parents=True, exist_ok=True)
         for old in home.iterdir():  # copies of what the URL held before
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
@@ -360,8 +355,6 @@ def local_dump(dump: str | os.PathLike) -> Path:
         if now != tags or local.stat().st_size != int(tags[0].split(":")[0]):
             shutil.rmtree(target, ignore_errors=True)
             raise CookError(f"{shown} changed while it was being copied; run the command again")
-    finally:
-        lock.release()
     return local
 
 
