@@ -30,6 +30,7 @@ VERBOSE = False  # --verbose / COOK_VERBOSE: the runs' INFO log lines on the con
 EXIT_USAGE = 2
 LOG_FILE = "logs/cook.log"  # under the data dir: every run's log lines, whatever the console shows
 EXIT_FAILED = 1
+EPHEMERAL_STARTUP_S = 120  # the CLI's default wait for its temporary Prefect API (Prefect's own is 20 s)
 
 
 # --- output routing -------------------------------------------------------------------------------
@@ -109,6 +110,9 @@ def _route_prefect_logs() -> None:
 def _prepare_env(demo: bool = False) -> None:
     """Environment defaults set before Prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without PREFECT_API_URL each command starts a temporary Prefect API, which Prefect waits 20 s for: a machine
+    # busy training or gathering can take longer, and a run that failed for that alone would be a false alarm.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
     if demo and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         from tasks.core.settings import get_settings
 
@@ -743,6 +747,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # an unexpected failure: still one line unless --debug
         if DEBUG:
             raise
+        if "Timed out while attempting to connect to ephemeral Prefect API" in str(e):
+            wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "")
+            typer.echo(f"error: the temporary Prefect API did not answer within {wait} s: start a server and set "
+                       "PREFECT_API_URL (README: Run on a Prefect server), or wait longer with "
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", err=True)
+            sys.exit(EXIT_FAILED)
         typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", err=True)
         sys.exit(EXIT_FAILED)
 

@@ -29,6 +29,9 @@ os.environ["DASK_TEMPORARY_DIRECTORY"] = str(Path(_HOME) / "dask")
 # cores, and a second thread per process only spins (about 5x the CPU time per training step under load). Set before
 # torch is imported; bit-identical comparisons then train with the same thread count in and out of process.
 os.environ["OMP_NUM_THREADS"] = "1"
+# Every `cook` a test starts without PREFECT_API_URL starts a temporary Prefect API, on two cores shared by three
+# test workers: give it as long as the session's own harness gets (below), not the CLI's default.
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 
 # The tests read the runs' step-by-step log lines from the CLI's output, as `cook --verbose` shows them; the quiet
 # default is tested on its own (test_cli.py::test_quiet_console_and_log_file).

@@ -201,3 +201,19 @@ def test_quiet_console_and_log_file(cook, cook_env, tmp_path):
     loud = cook(["--verbose", *args[:-4], "--iters-per-chunk", "12", "--eval-iters", "2", "--chunks", "2"], env=env)
     assert loud.returncode == 0, loud.stderr[-2000:]
     assert "chunk 2 iter 20:" in loud.stdout + loud.stderr
+
+
+def test_a_temporary_api_that_does_not_start_in_time_is_one_line(cook, cook_env, corpus, tmp_path):
+    """Without PREFECT_API_URL each command starts a temporary Prefect API: one that does not answer in time (a busy
+    machine) is one line naming the two ways out, exit 1, nothing written; the CLI waits longer than Prefect's 20 s."""
+    from flows.cli import EPHEMERAL_STARTUP_S
+
+    assert EPHEMERAL_STARTUP_S > 20
+    env = {k: v for k, v in cook_env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "0"  # gives up before its first look
+    out = tmp_path / "tok"
+    proc = cook(["tokenize", corpus, "--out", out], env=env)
+    assert proc.returncode == 1
+    _one_line_error(proc, "did not answer within 0 s", "PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+    assert not out.exists()

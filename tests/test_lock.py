@@ -103,7 +103,6 @@ def test_second_run_is_refused_at_once_and_the_first_completes(cook_env, tmp_pat
     out = tmp_path / "wiki"
     env = {k: v for k, v in cook_env.items() if k != "PREFECT_API_URL"}  # no server: each CLI its temporary API
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # two cores shared by a whole test run
     args = ["scrape", "wikipedia", "--query", "Alpha", "--out", out, *QUERY_ARGS]
     with GatedWiki(wiki) as api:
         env["COOK_WIKIPEDIA_API_URL"] = api.url
