@@ -5,8 +5,8 @@
 
 Each cook run is the plain `tokenize_corpus` function in a fresh subprocess (`--workers W`), so its figures
 cover the whole stage (Prefect imported beforehand, as in every real run): reading parquet, encoding, writing
-shards, and the bigram baseline (fitted on the first 50M train tokens, in the main process, after the shards). `encode_s` is the time to the shards, without
-the baseline. Peak RSS is the largest of the child's own (VmHWM) and its workers' (ru_maxrss: an upper bound). CPU seconds are the
+shards, and the bigram baseline (fitted in the main process on the first 50M train tokens as the shards are
+written, then scored on val). `encode_s` is the time to the shards (the fit included), without the scoring. Peak RSS is the largest of the child's own (VmHWM) and its workers' (ru_maxrss: an upper bound). CPU seconds are the
 child's and its workers' together: on a loaded machine they stay honest where wall times do not, and
 `2 x baseline_cpu / cook_cpu` bounds what 2 idle cores could give. The ceiling: one process per core doing nothing
 but `encode_ordinary` on equal shares of the same texts, started together (on a 2-vCPU VM two such processes do
@@ -37,7 +37,7 @@ import tasks.corpus.tokenize as T
 files, out, workers = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 write_splits, phase = T._write_splits, {}
 
-def timed(*a, **k):  # the time to the shards: reading, encoding, writing (the baseline comes after)
+def timed(*a, **k):  # the time to the shards: reading, encoding, writing, fitting the baseline (scored after)
     t = time.perf_counter()
     try:
         return write_splits(*a, **k)
@@ -182,6 +182,8 @@ def main() -> None:
         f"ceiling_{cores}_processes_speedup": round(base_s / ceiling_s, 2),
         "workers": {str(w): r for w, r in runs.items()},
         f"speedup_{hi}_over_{lo}_workers": round(runs[lo]["seconds"] / runs[hi]["seconds"], 2),
+        # the whole stage with every core, as a share of what bare encoders on every core reached
+        "share_of_ceiling": round(ceiling_s / runs[hi]["seconds"], 2),
         "same_output": same,  # meta.json (with every split's digest) identical across worker counts
         "cores": cores,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # other work on the machine skews wall times

@@ -80,32 +80,75 @@ class KneserNeyBigram:
         self.d = float(discount)
         self.keys = np.zeros(0, dtype=np.int64)  # a * V + b, sorted
         self.counts = np.zeros(0, dtype=np.int64)
-        self.tokens = 0
+        self.tokens = 0  # tokens counted
+        self._last = np.zeros(0, dtype=np.uint32)  # the stream's last counted token (its pair with the next one)
+        self._gathered: list[np.ndarray] = []  # pieces not counted yet
+        self._gathered_n = 0
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # counted, not yet merged into keys/counts
+        self._pending = 0
 
     def _check(self, a: np.ndarray, b: np.ndarray) -> None:
         if min(int(a.min()), int(b.min())) < 0 or max(int(a.max()), int(b.max())) >= self.V:
             raise ValueError(f"token id outside the vocabulary of {self.V}")
 
     def fit(self, pieces: Iterable[np.ndarray]) -> "KneserNeyBigram":
-        """Count the pairs of one token stream given in consecutive pieces; returns self.
+        """Count the pairs of one token stream given in consecutive pieces and `finish`; returns self."""
+        for piece in pieces:
+            self.update(piece)
+        return self.finish()
 
-        Each piece's pairs are counted on their own (sorted in place); the sorted runs are merged into the
-        totals once they add up to as many as the totals hold, so merging costs O(n log n) over the stream
-        and memory stays at about a piece plus twice the distinct pairs.
+    def update(self, piece: np.ndarray) -> None:
+        """Count the next piece of the stream (any size: pieces are gathered to PIECE_TOKENS before counting,
+        and the pair across two pieces' ends is counted, so the totals do not depend on how the stream is cut).
+
+        Each gathered piece's pairs are counted on their own (sorted in place); the sorted runs are merged into
+        the totals once they add up to as many as the totals hold, so merging costs O(n log n) over the stream
+        and memory stays at about a piece plus twice the distinct pairs. Call `finish` after the last piece.
         """
-        runs: list[tuple[np.ndarray, np.ndarray]] = [(self.keys, self.counts)]
-        pending = 0
-        for a, b in _pairs(self._counted(pieces)):
-            self._check(a, b)
-            keys = a * self.V
-            keys += b
-            keys.sort()
-            runs.append(_unique_counts(keys))
-            del keys
-            pending += runs[-1][0].size
-            if pending >= max(runs[0][0].size, 1 << 16):
-                runs, pending = [_merge(runs)], 0
-        self.keys, self.counts = _merge(runs)
+        piece = np.asarray(piece)
+        if piece.size == 0:
+            return
+        lo = 0 if piece.dtype.kind == "u" else int(piece.min())
+        if lo < 0 or int(piece.max()) >= self.V:
+            raise ValueError(f"token id outside the vocabulary of {self.V}")
+        self.tokens += int(piece.size)
+        at = 0
+        while at < piece.size:  # a long piece in views of at most PIECE_TOKENS: bounded temporaries
+            part = piece[at : at + PIECE_TOKENS - self._gathered_n]
+            at += part.size
+            self._gathered.append(part)
+            self._gathered_n += part.size
+            if self._gathered_n >= PIECE_TOKENS:
+                self._count_gathered()
+
+    def _count_gathered(self) -> None:
+        # pair keys a * V + b in 32 bits where V * V fits (any vocabulary up to 65,536): sorting them takes a third
+        # of the time of 64-bit keys; the distinct keys are kept as int64 either way
+        small = self.V * self.V <= 1 << 32
+        stream = np.concatenate([self._last, *self._gathered], dtype=np.uint32 if small else np.int64, casting="unsafe")
+        self._gathered, self._gathered_n = [], 0
+        self._last = stream[-1:]
+        if stream.size < 2:
+            return
+        keys = stream[:-1] * (np.uint32(self.V) if small else self.V)  # ids were checked in `update`
+        keys += stream[1:]
+        del stream
+        keys.sort()
+        k, c = _unique_counts(keys)
+        del keys
+        self._runs.append((k.astype(np.int64), c))
+        self._pending += k.size
+        if self._pending >= max(self.keys.size, 1 << 16):
+            self.keys, self.counts = _merge([(self.keys, self.counts), *self._runs])
+            self._runs, self._pending = [], 0
+
+    def finish(self) -> "KneserNeyBigram":
+        """Merge what `update` counted and derive the model's tables; returns self."""
+        if self._gathered:
+            self._count_gathered()
+        if self._runs:
+            self.keys, self.counts = _merge([(self.keys, self.counts), *self._runs])
+            self._runs, self._pending = [], 0
         V, d = self.V, self.d
         a, b = self.keys // V, self.keys % V
         self.ctx_count = np.bincount(a, weights=self.counts, minlength=V)  # c(a)
@@ -118,11 +161,6 @@ class KneserNeyBigram:
             seen = float(np.count_nonzero(preceders))
             self.cont = np.maximum(preceders - d, 0.0) / pair_types + d * seen / pair_types / V
         return self
-
-    def _counted(self, pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        for p in pieces:
-            self.tokens += int(np.asarray(p).size)
-            yield p
 
     def log_prob(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Natural log of P(b | a), elementwise."""
@@ -155,6 +193,13 @@ class KneserNeyBigram:
         return total, n
 
 
+def _advancing(pieces: Iterable[np.ndarray], advance: Callable[[int], None] | None) -> Iterator[np.ndarray]:
+    for piece in pieces:
+        yield piece
+        if advance is not None:
+            advance(piece.size)
+
+
 def baseline_work(train: ShardStream, val: ShardStream, fit_tokens: int = FIT_TOKENS, score_tokens: int = SCORE_TOKENS) -> int:
     """Tokens `bigram_baseline` reads (for a progress bar's total)."""
     return min(train.tokens, fit_tokens) + min(val.tokens, score_tokens)
@@ -170,15 +215,15 @@ def bigram_baseline(train: ShardStream, val: ShardStream, vocab_size: int, val_b
     val split's tokens and bytes; None without bytes), the tokens used and the method.
     `advance(n)` is called after each piece of n tokens read (progress).
     """
+    model = KneserNeyBigram(vocab_size).fit(_advancing(train.chunks(PIECE_TOKENS, fit_tokens), advance))
+    return score_baseline(model, val, val_bytes, score_tokens, advance)
 
-    def read(stream: ShardStream, limit: int) -> Iterator[np.ndarray]:
-        for piece in stream.chunks(PIECE_TOKENS, limit):
-            yield piece
-            if advance is not None:
-                advance(piece.size)
 
-    model = KneserNeyBigram(vocab_size).fit(read(train, fit_tokens))
-    nats, n = model.score(read(val, score_tokens))
+def score_baseline(model: KneserNeyBigram, val: ShardStream, val_bytes: int | None, score_tokens: int = SCORE_TOKENS,
+                   advance: Callable[[int], None] | None = None) -> dict:
+    """meta.json's `baseline.bigram` for a fitted `model` (see `bigram_baseline`), scored on the first
+    `score_tokens` of `val`. `cook tokenize` fits the model on the train tokens as it writes them, then calls this."""
+    nats, n = model.score(_advancing(val.chunks(PIECE_TOKENS, score_tokens), advance))
     loss = nats / n if n else None
     bpb = bits_per_byte(loss, val.tokens, val_bytes) if loss is not None and val_bytes else None
     return {"val_loss": loss, "val_bpb": bpb, "train_tokens": model.tokens, "val_tokens": n,

@@ -226,6 +226,47 @@ def test_bigram_probabilities_sum_to_one():
     assert model.probs(3)[:30].min() > model.probs(3)[30:].max()  # seen ids above unseen ones
 
 
+@pytest.mark.parametrize("V", [50, 70_000])  # pair keys in 32 bits, and in 64 (V * V past 2**32)
+def test_bigram_counts_match_a_counter_however_the_stream_is_cut(monkeypatch, V):
+    """`update` gathers pieces of any size (a long one in views) and counts the pair across their ends: the
+    counts equal collections.Counter's over the whole stream, fed at once or cut anywhere."""
+    import collections
+
+    from model import baseline
+
+    monkeypatch.setattr(baseline, "PIECE_TOKENS", 64)  # many gathered pieces, long pieces cut in views
+    rng = np.random.default_rng(1)
+    stream = rng.integers(0, V, 3000).astype(np.uint32 if V < 65536 else np.int64)
+    ref = collections.Counter(zip(stream[:-1].tolist(), stream[1:].tolist()))
+    cuts = np.sort(rng.choice(np.arange(1, stream.size), 40, replace=False))
+    for pieces in ([stream], np.split(stream, cuts), [stream[:1], stream[1:2], stream[2:]]):
+        model = KneserNeyBigram(V)
+        for p in pieces:
+            model.update(p)
+        model.finish()
+        got = {(int(k) // V, int(k) % V): int(c) for k, c in zip(model.keys, model.counts)}
+        assert got == dict(ref) and model.tokens == stream.size
+    for bad in (np.array([V]), np.array([-1]), np.array([2**32 + 3])):  # never wrapped into the vocabulary
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            KneserNeyBigram(V).update(bad)
+
+
+def test_tokenize_fits_the_baseline_on_the_first_train_tokens_as_it_writes(tmp_path, monkeypatch):
+    """meta.json's baseline is fitted on the train tokens as they are written, not read back: it equals the
+    bigram of the shards' first FIT_TOKENS, for any worker count."""
+    from model import baseline
+
+    monkeypatch.setattr(baseline, "FIT_TOKENS", 1000)  # a limit that falls inside a document
+    files = _corpus(tmp_path, [f"{i}: " + TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(80)])
+    for workers in (1, 3):
+        out = tokenize_corpus(files, "gpt2", tmp_path / f"out{workers}", None, 0.3, "auto", 700, workers, processes=False)
+        meta = load_meta(out)
+        train, val = ShardStream(list_shards(out, "train")), ShardStream(list_shards(out, "val"))
+        assert train.tokens > 1000
+        expected = bigram_baseline(train, val, meta["vocab_size"], meta["splits"]["val"]["bytes"], fit_tokens=1000)
+        assert meta["baseline"]["bigram"] == expected and expected["train_tokens"] == 1000
+
+
 def test_bigram_beats_unigram_on_held_out_text(tmp_path):
     data = make_char_data(tmp_path / "chars", n_words=4000)
     meta = load_meta(data)

@@ -2,8 +2,8 @@
 
 Shard content is `doc1 eot doc2 eot ...`. Documents go to val by a hash of their text (so the split is
 deterministic and stable when documents are added), and val always holds at least one document.
-meta.json records each split's UTF-8 bytes of text (for bits per byte) and a smoothed bigram baseline fitted
-on train and scored on val (model/baseline.py), read back from the shards once they are written.
+meta.json records each split's UTF-8 bytes of text (for bits per byte) and a smoothed bigram baseline
+(model/baseline.py), fitted on the first train tokens as they are written and scored on val once it is.
 The output folder is built beside `out` and renamed into place at the end: it is whole or absent.
 
 The input is cut into pieces of about TASK_BYTES of text: runs of parquet row groups, byte ranges of
@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 
 from model import storage
 from model.atomic import atomic_dir
-from model.baseline import baseline_work, bigram_baseline
+from model import baseline
+from model.baseline import KneserNeyBigram, score_baseline
 from model.errors import CookError
 from model.shards import HEADER_BYTES, META_NAME, ShardStream, ShardWriter, dtype_for_vocab, write_meta
 from model.tokenizer import Tokenizer, default_threads, get_tokenizer, known_vocab_size, load_tokenizer, split_pieces
@@ -577,21 +578,23 @@ def tokenize_corpus(
         with atomic_dir(out) as tmp:
             tok.save(tmp / TOKENIZER_SUBDIR)
             pieces = plan_pieces(files)
-            stats, skipped = _write_splits(pieces, tok, tmp, np_dtype, shard_tokens, val_fraction, workers, processes, total_bytes)
-            train, val = ShardStream(stats["train"]["paths"]), ShardStream(stats["val"]["paths"])
-            write_meta(tmp, _meta(tok, np_dtype, stats, _baseline(tok, stats, train, val), val_fraction, files, skipped))
+            stats, skipped, bigram = _write_splits(pieces, tok, tmp, np_dtype, shard_tokens, val_fraction, workers,
+                                                   processes, total_bytes)
+            val = ShardStream(stats["val"]["paths"])
+            write_meta(tmp, _meta(tok, np_dtype, stats, _baseline(bigram, stats, val), val_fraction, files, skipped))
     for path, n in skipped.items():
         _warn(f"tokenize: left out {n} row(s) of {storage.redact(path)} whose text is not valid UTF-8 (`cook merge` rejects "
               "them as invalid-utf8)")
     return out
 
 
-def _baseline(tok: Tokenizer, stats: dict, train, val) -> dict:
-    with progress("tokenize: bigram baseline", total=baseline_work(train, val)) as bar:
-        return bigram_baseline(train, val, tok.vocab_size, stats["val"]["bytes"], advance=bar.advance)
+def _baseline(bigram: KneserNeyBigram, stats: dict, val) -> dict:
+    """meta.json's bigram baseline: `bigram` (fitted while the shards were written) scored on the val split."""
+    with progress("tokenize: bigram baseline", total=min(val.tokens, baseline.SCORE_TOKENS)) as bar:
+        return score_baseline(bigram, val, stats["val"]["bytes"], baseline.SCORE_TOKENS, advance=bar.advance)
 
 
-def _meta(tok: Tokenizer, np_dtype: np.dtype, stats: dict, baseline: dict, val_fraction: float, files: list,
+def _meta(tok: Tokenizer, np_dtype: np.dtype, stats: dict, bigram: dict, val_fraction: float, files: list,
           skipped: dict[str, int]) -> dict:
     """meta.json's content."""
     meta = {
@@ -602,7 +605,7 @@ def _meta(tok: Tokenizer, np_dtype: np.dtype, stats: dict, baseline: dict, val_f
         "dtype": np_dtype.name,
         "splits": {s: {"shards": [p.name for p in st["paths"]], "tokens": st["tokens"], "documents": st["documents"],
                        "bytes": st["bytes"]} for s, st in stats.items()},
-        "baseline": {"bigram": baseline},
+        "baseline": {"bigram": bigram},
         "val_fraction": val_fraction,
         "inputs": _input_signature(files),
         # identity of the token stream: same tokenizer and same tokens <=> same fingerprint
@@ -619,8 +622,8 @@ def _meta(tok: Tokenizer, np_dtype: np.dtype, stats: dict, baseline: dict, val_f
 def _tokenize_to_store(out: str, files: list, tok: Tokenizer, np_dtype: np.dtype, shard_tokens: int, val_fraction: float,
                        workers: int, processes: bool, total_bytes: int) -> dict[str, int]:
     """`tokenize_corpus` into a URL: each shard is written to a local temp file under the cache, uploaded once
-    whole and deleted (this machine holds one open shard per split, never the output); the baseline reads the
-    shards back from the store; meta.json goes last. The folder is published by `storage.staged_dir`: a temp
+    whole and deleted (this machine holds one open shard per split, never the output); the baseline is scored on
+    the val shards read back from the store; meta.json goes last. The folder is published by `storage.staged_dir`: a temp
     prefix beside `out`, copied over `out` with meta.json after every other object. Returns the rows skipped per
     file."""
     work = Path(storage.temp_dir("tokenize"))
@@ -630,10 +633,10 @@ def _tokenize_to_store(out: str, files: list, tok: Tokenizer, np_dtype: np.dtype
             for f in sorted(p for p in (work / TOKENIZER_SUBDIR).rglob("*") if p.is_file()):
                 storage.put_file(f, storage.join(tmp, *f.relative_to(work).parts))
             pieces = plan_pieces(files)
-            stats, skipped = _write_splits(pieces, tok, work, np_dtype, shard_tokens, val_fraction, workers, processes,
-                                           total_bytes, upload_to=tmp)
-            train, val = (_StoredSplit(tmp, stats[s]["paths"], stats[s]["counts"], np_dtype) for s in ("train", "val"))
-            write_meta(work, _meta(tok, np_dtype, stats, _baseline(tok, stats, train, val), val_fraction, files, skipped))
+            stats, skipped, bigram = _write_splits(pieces, tok, work, np_dtype, shard_tokens, val_fraction, workers,
+                                                   processes, total_bytes, upload_to=tmp)
+            val = _StoredSplit(tmp, stats["val"]["paths"], stats["val"]["counts"], np_dtype)
+            write_meta(work, _meta(tok, np_dtype, stats, _baseline(bigram, stats, val), val_fraction, files, skipped))
             storage.put_file(work / META_NAME, storage.join(tmp, META_NAME))
     finally:
         import shutil
@@ -661,7 +664,7 @@ class _UploadingWriter(ShardWriter):
 
 
 class _StoredSplit:
-    """A split's shards on a store as one token stream, for the bigram baseline: `tokens`, and `chunks` cut
+    """A split's shards on a store as one token stream, for scoring the bigram baseline: `tokens`, and `chunks` cut
     exactly as `ShardStream.chunks` cuts them (so the baseline's sums, and meta.json, are the same bytes)."""
 
     def __init__(self, folder: str, paths: list[Path], counts: list[int], dtype: np.dtype):
@@ -701,9 +704,11 @@ class _StoredSplit:
 
 
 def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, shard_tokens: int, val_fraction: float,
-                  workers: int, processes: bool, total_bytes: int, upload_to: str | None = None) -> tuple[dict, dict[str, int]]:
-    """Put the encoded pieces, in order, into the train/val shard writers; return their stats and the rows
-    skipped per file. `upload_to`: a URL each finished shard goes to (`_UploadingWriter`; stats get `counts`)."""
+                  workers: int, processes: bool, total_bytes: int,
+                  upload_to: str | None = None) -> tuple[dict, dict[str, int], KneserNeyBigram]:
+    """Put the encoded pieces, in order, into the train/val shard writers; return their stats, the rows skipped
+    per file and the bigram fitted on the first FIT_TOKENS train tokens. `upload_to`: a URL each finished shard
+    goes to (`_UploadingWriter`; stats get `counts`)."""
     if upload_to is None:
         writers = {s: ShardWriter(folder, s, np_dtype, shard_tokens) for s in ("train", "val")}
     else:
@@ -714,6 +719,16 @@ def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, s
     eot = np.array([tok.eot_id], dtype=np_dtype)
     pending: np.ndarray | None = None  # the last train document (with its eot), held back in case val ends up empty
     pending_bytes = 0
+    # the bigram baseline is fitted on the first FIT_TOKENS train tokens as they are written, while the workers
+    # encode (this process would only wait), not read back from the shards afterwards
+    bigram, fit_left = KneserNeyBigram(tok.vocab_size), baseline.FIT_TOKENS
+
+    def to_train(ids: np.ndarray) -> None:
+        nonlocal fit_left
+        writers["train"].add(ids)
+        if fit_left > 0:
+            bigram.update(ids[:fit_left])
+            fit_left -= min(ids.size, fit_left)
 
     def emit(ids: np.ndarray, lens: np.ndarray, sizes: np.ndarray, hashes: np.ndarray) -> None:
         """Documents `ids` (each with its eot) to their splits, in order; the last train one is held back."""
@@ -739,11 +754,11 @@ def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, s
         while last in val_set:
             last -= 1
         if pending is not None:
-            writers["train"].add(pending)
+            to_train(pending)
         prev = 0  # runs of train documents between val ones, up to `last`
         for j in [i for i in val_idx if i < last] + [last]:
             if j > prev:
-                writers["train"].add(ids[starts[prev] : starts[j]])
+                to_train(ids[starts[prev] : starts[j]])
             prev = j + 1
         pending, pending_bytes = ids[starts[last] : ends[last]], int(sizes[last])
 
@@ -784,7 +799,7 @@ def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, s
         else:  # one document: its last tokens become val
             n = pending.size
             n_val = min(max(2, math.ceil(n * val_fraction)), max(1, n // 2))
-            writers["train"].add(pending[: n - n_val])
+            to_train(pending[: n - n_val])
             writers["val"].add(pending[n - n_val :])
             docs["val"] = 1  # the document's tail; train holds its head
             tail = _token_bytes(tok, pending[n - n_val : -1])  # the tail's text bytes (its eot excluded)
@@ -792,13 +807,13 @@ def _write_splits(pieces: list[Piece], tok: Tokenizer, folder: Path, np_dtype, s
             nbytes["val"] += tail
         pending = None
     if pending is not None:
-        writers["train"].add(pending)
+        to_train(pending)
     stats = {}
     for s, w in writers.items():
         stats[s] = {"paths": w.close(), "tokens": w.tokens, "documents": docs[s], "bytes": nbytes[s], "digest": w.digest()}
         if upload_to is not None:
             stats[s]["counts"] = w.counts
-    return stats, skipped
+    return stats, skipped, bigram.finish()
 
 
 # ---- the Prefect task, built on first use (worker processes import this module and never Prefect) --------
