@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -110,9 +110,6 @@ def _route_prefect_logs() -> None:
 def _prepare_env(demo: bool = False) -> None:
     """Environment defaults set before Prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Without PREFECT_API_URL each command starts a temporary Prefect API, which Prefect waits 20 s for: a machine
-    # busy training or gathering can take longer, and a run that failed for that alone would be a false alarm.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
     if demo and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         from tasks.core.settings import get_settings
 
@@ -154,6 +151,27 @@ def _progress():
         yield p
 
 
+_startup_wait: int | None = None  # the wait for the temporary Prefect API in effect (for its error line)
+
+
+@contextlib.contextmanager
+def _ephemeral_wait() -> Iterator[None]:
+    """Without PREFECT_API_URL a command starts a temporary Prefect API, which Prefect waits 20 s for: a machine
+    busy training or gathering can take longer, and a run failed for that alone is a false alarm. The CLI waits
+    EPHEMERAL_STARTUP_S unless PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is set (environment, profile, toml)."""
+    global _startup_wait
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings, temporary_settings
+
+    ephemeral = get_current_settings().server.ephemeral
+    if "startup_timeout_seconds" in ephemeral.model_fields_set:
+        _startup_wait = ephemeral.startup_timeout_seconds
+        yield
+        return
+    _startup_wait = EPHEMERAL_STARTUP_S
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_S}):
+        yield
+
+
 def _run(fn, *args, **kwargs):
     """Run a flow function: route logs, show progress, tag the run (flows/report.py TAGS), turn known failures into one line."""
     from prefect import tags
@@ -163,7 +181,7 @@ def _run(fn, *args, **kwargs):
 
     _route_prefect_logs()
     try:
-        with _progress(), tags(*tags_for(getattr(fn, "name", ""))):
+        with _ephemeral_wait(), _progress(), tags(*tags_for(getattr(fn, "name", ""))):
             return fn(*args, **kwargs)
     except CookError as e:
         user_error(e)
@@ -728,6 +746,19 @@ def server_setup(
     print_limits(rows)
 
 
+def _ephemeral_failure() -> str:
+    """One line for a temporary Prefect API that never answered: slow, or failing at start-up (Prefect restarts
+    a server that exits then, until the wait runs out; what it printed is above this line)."""
+    wait = _startup_wait
+    if wait is None:  # started outside `_run`: Prefect's own setting
+        from prefect.settings import get_current_settings
+
+        wait = get_current_settings().server.ephemeral.startup_timeout_seconds
+    return (f"the temporary Prefect API did not answer within {wait} s (any error it printed is above): start a "
+            "server and set PREFECT_API_URL (README: Run on a Prefect server), or wait longer with "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `--debug` is accepted anywhere on the command line."""
     global DEBUG
@@ -748,10 +779,7 @@ def main(argv: list[str] | None = None) -> None:
         if DEBUG:
             raise
         if "Timed out while attempting to connect to ephemeral Prefect API" in str(e):
-            wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "")
-            typer.echo(f"error: the temporary Prefect API did not answer within {wait} s: start a server and set "
-                       "PREFECT_API_URL (README: Run on a Prefect server), or wait longer with "
-                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", err=True)
+            typer.echo(f"error: {_ephemeral_failure()}", err=True)
             sys.exit(EXIT_FAILED)
         typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", err=True)
         sys.exit(EXIT_FAILED)

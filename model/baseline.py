@@ -116,7 +116,7 @@ class KneserNeyBigram:
         while at < piece.size:  # a long piece in views of at most PIECE_TOKENS: bounded temporaries
             part = piece[at : at + PIECE_TOKENS - self._gathered_n]
             at += part.size
-            self._gathered.append(part)
+            self._gathered.append(part.copy())  # the caller may reuse its array; a view would also keep it alive
             self._gathered_n += part.size
             if self._gathered_n >= PIECE_TOKENS:
                 self._count_gathered()
@@ -127,7 +127,7 @@ class KneserNeyBigram:
         small = self.V * self.V <= 1 << 32
         stream = np.concatenate([self._last, *self._gathered], dtype=np.uint32 if small else np.int64, casting="unsafe")
         self._gathered, self._gathered_n = [], 0
-        self._last = stream[-1:]
+        self._last = stream[-1:].copy()
         if stream.size < 2:
             return
         keys = stream[:-1] * (np.uint32(self.V) if small else self.V)  # ids were checked in `update`
@@ -198,11 +198,6 @@ def _advancing(pieces: Iterable[np.ndarray], advance: Callable[[int], None] | No
         yield piece
         if advance is not None:
             advance(piece.size)
-
-
-def baseline_work(train: ShardStream, val: ShardStream, fit_tokens: int = FIT_TOKENS, score_tokens: int = SCORE_TOKENS) -> int:
-    """Tokens `bigram_baseline` reads (for a progress bar's total)."""
-    return min(train.tokens, fit_tokens) + min(val.tokens, score_tokens)
 
 
 def bigram_baseline(train: ShardStream, val: ShardStream, vocab_size: int, val_bytes: int | None,

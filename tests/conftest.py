@@ -30,7 +30,7 @@ os.environ["DASK_TEMPORARY_DIRECTORY"] = str(Path(_HOME) / "dask")
 # torch is imported; bit-identical comparisons then train with the same thread count in and out of process.
 os.environ["OMP_NUM_THREADS"] = "1"
 # Every `cook` a test starts without PREFECT_API_URL starts a temporary Prefect API, on two cores shared by three
-# test workers: give it as long as the session's own harness gets (below), not the CLI's default.
+# test workers: give it longer than the CLI's default (flows/cli.py EPHEMERAL_STARTUP_S).
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 
 # The tests read the runs' step-by-step log lines from the CLI's output, as `cook --verbose` shows them; the quiet

@@ -185,6 +185,13 @@ def _nbytes(texts) -> int:
     return sum(len(t.encode("utf-8")) for t in texts)
 
 
+def _assert_baseline_of_shards(out: Path) -> None:
+    """meta.json's bigram baseline (fitted as the train shards were written) is the one fitted on the shards."""
+    meta = load_meta(out)
+    train, val = ShardStream(list_shards(out, "train")), ShardStream(list_shards(out, "val"))
+    assert meta["baseline"]["bigram"] == bigram_baseline(train, val, meta["vocab_size"], meta["splits"]["val"]["bytes"])
+
+
 def test_meta_records_each_splits_text_bytes(tmp_path):
     """meta bytes = UTF-8 bytes of the documents the task put in each split (by its hash rule), also when
     the last document is moved to val and when one document's tail becomes val."""
@@ -198,8 +205,10 @@ def test_meta_records_each_splits_text_bytes(tmp_path):
         assert _split_docs(out, split)[0] == want
         assert meta["splits"][split]["bytes"] == _nbytes(want) > 0
 
-    moved = load_meta(tokenize_corpus(files, "gpt2", tmp_path / "moved", None, 0.0, "auto", 1000, 2))
+    moved_out = tokenize_corpus(files, "gpt2", tmp_path / "moved", None, 0.0, "auto", 1000, 2)
+    moved = load_meta(moved_out)
     assert (moved["splits"]["train"]["bytes"], moved["splits"]["val"]["bytes"]) == (_nbytes(TEXTS), _nbytes([TXT]))
+    _assert_baseline_of_shards(moved_out)  # the held-back document went to val, never to the fit
 
     text = "ünïcödé one document, " * 50
     (tmp_path / "one.txt").write_text(text, encoding="utf-8")
@@ -207,6 +216,7 @@ def test_meta_records_each_splits_text_bytes(tmp_path):
         one = tokenize_corpus([tmp_path / "one.txt"], encoding, tmp_path / encoding, None, 0.005, "auto", 1000, 2)
         split = load_meta(one)["splits"]
         assert split["train"]["bytes"] + split["val"]["bytes"] == _nbytes([text]) and split["val"]["bytes"] > 0
+        _assert_baseline_of_shards(one)  # the fit saw the document's head only
         if encoding == "char":
             val_text = load_tokenizer(one).decode(np.asarray(read_shard(list_shards(one, "val")[0]))[:-1])  # eot dropped
             assert split["val"]["bytes"] == _nbytes([val_text])
@@ -226,8 +236,8 @@ def test_bigram_probabilities_sum_to_one():
     assert model.probs(3)[:30].min() > model.probs(3)[30:].max()  # seen ids above unseen ones
 
 
-@pytest.mark.parametrize("V", [50, 70_000])  # pair keys in 32 bits, and in 64 (V * V past 2**32)
-def test_bigram_counts_match_a_counter_however_the_stream_is_cut(monkeypatch, V):
+@pytest.mark.parametrize("V, dtype", [(50, np.uint32), (65_536, np.uint16), (70_000, np.int64)])  # keys: 32, 32, 64 bits
+def test_bigram_counts_match_a_counter_however_the_stream_is_cut(monkeypatch, V, dtype):
     """`update` gathers pieces of any size (a long one in views) and counts the pair across their ends: the
     counts equal collections.Counter's over the whole stream, fed at once or cut anywhere."""
     import collections
@@ -236,7 +246,8 @@ def test_bigram_counts_match_a_counter_however_the_stream_is_cut(monkeypatch, V)
 
     monkeypatch.setattr(baseline, "PIECE_TOKENS", 64)  # many gathered pieces, long pieces cut in views
     rng = np.random.default_rng(1)
-    stream = rng.integers(0, V, 3000).astype(np.uint32 if V < 65536 else np.int64)
+    stream = rng.integers(0, V, 3000).astype(dtype)
+    stream[[7, 8, 9]] = V - 1  # the largest key, (V - 1) * V + V - 1 = V * V - 1, twice
     ref = collections.Counter(zip(stream[:-1].tolist(), stream[1:].tolist()))
     cuts = np.sort(rng.choice(np.arange(1, stream.size), 40, replace=False))
     for pieces in ([stream], np.split(stream, cuts), [stream[:1], stream[1:2], stream[2:]]):
