@@ -372,6 +372,9 @@ def encoded_pieces(pieces: list[Piece], tok: Tokenizer, dtype: np.dtype, workers
         def submit(p: Piece):
             return pool.submit(_encode_in_worker, p)
     else:
+        # tiktoken's first encode from threads started before any in this one runs them at a fraction of their
+        # speed for the whole pass (benchmarks/RESULTS.md: 2 threads slower than 1); one tiny encode here avoids it
+        tok.encode_array("warm up")
         pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
 
         def submit(p: Piece):
