@@ -486,6 +486,17 @@ def test_golden_output_unchanged(tmp_path):
     assert {s: (v["tokens"], v["documents"], v["bytes"]) for s, v in meta["splits"].items()} == {"train": (140, 4, 279), "val": (84, 4, 235)}
 
 
+def test_threads_encode_a_char_vocabulary_of_few_characters(tmp_path):
+    """On threads (a Dask worker's path) nothing is encoded but the corpus: a char vocabulary without a space or
+    most letters gives the same bytes on 2 threads as on 1 worker."""
+    files = [f for k in range(3) for f in _corpus(tmp_path, ["abba" * (50 + i + k) for i in range(20)], None, f"{k}.parquet")]
+    assert len(plan_pieces(files)) == 3  # the threads have pieces to share
+    one = tokenize_corpus(files, "char", tmp_path / "w1", None, 0.1, "auto", 500, 1)
+    threads = tokenize_corpus(files, "char", tmp_path / "t2", None, 0.1, "auto", 500, 2, processes=False)
+    assert load_tokenizer(one).vocab_size == 3  # a, b and eot
+    assert _folder_bytes(threads) == _folder_bytes(one)
+
+
 @pytest.mark.timeout(300)
 def test_workers_give_identical_output_and_import_no_prefect(tmp_path, cook_env):
     """1 worker (in-process), 2 threads and `cook tokenize --workers 2` (2 spawned processes) write the same

@@ -42,7 +42,8 @@ from model import baseline
 from model.baseline import KneserNeyBigram, score_baseline
 from model.errors import CookError
 from model.shards import HEADER_BYTES, META_NAME, ShardStream, ShardWriter, dtype_for_vocab, write_meta
-from model.tokenizer import Tokenizer, default_threads, get_tokenizer, known_vocab_size, load_tokenizer, split_pieces
+from model.tokenizer import (TiktokenTokenizer, Tokenizer, default_threads, get_tokenizer, known_vocab_size, load_tokenizer,
+                             split_pieces)
 from tasks.corpus.documents import (TEXT_SEPARATOR, TEXT_SUFFIXES, expand_inputs, file_size, is_text_documents, open_documents,
                                     suffix, text_array)
 from tasks.core.progress import progress
@@ -372,9 +373,11 @@ def encoded_pieces(pieces: list[Piece], tok: Tokenizer, dtype: np.dtype, workers
         def submit(p: Piece):
             return pool.submit(_encode_in_worker, p)
     else:
-        # tiktoken's first encode from threads started before any in this one runs them at a fraction of their
-        # speed for the whole pass (benchmarks/RESULTS.md: 2 threads slower than 1); one tiny encode here avoids it
-        tok.encode_array("warm up")
+        # tiktoken's first encode coming from threads started before any in this one runs them at a fraction of
+        # their speed for the whole pass (benchmarks/RESULTS.md: 2 threads slower than 1); one tiny encode here
+        # avoids it (a char vocabulary need not hold these characters, and has nothing to warm)
+        if isinstance(tok, TiktokenTokenizer):
+            tok.enc.encode_ordinary("warm up")
         pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
 
         def submit(p: Piece):
