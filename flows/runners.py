@@ -5,7 +5,7 @@ The CPU-heavy stages (`tokenize`, `merge`, `unparquet`, `scrape wiki-dump`) take
 
 - a scheduler address (`tcp://host:8786`): the tasks run on that cluster's workers;
 - `local`: a LocalCluster is started for the run (single-threaded worker processes, one per core up to
-  LOCAL_WORKERS) and closed after it;
+  LOCAL_WORKERS, not daemonic: a stage's one task may start its own process pool there) and closed after it;
 - unset, or `off`: the tasks run on the flow's own (thread) runner, as before.
 
 The choice is a flow parameter rather than the flow's `task_runner`, so a deployment run can pick
@@ -116,7 +116,7 @@ def stage_runner(dask: str | None = None) -> Iterator[StageRunner]:
 
     check_api_reachable(target)
     runner = dask_runner(target)
-    with _environ_kept(), runner, _shared_api(target):
+    with _environ_kept(), _workers_may_spawn(target), runner, _shared_api(target):
         try:
             client = runner.client  # connect now: an unreachable scheduler is one clear line
         except (OSError, TimeoutError) as e:
@@ -124,6 +124,20 @@ def stage_runner(dask: str | None = None) -> Iterator[StageRunner]:
         workers = len(client.scheduler_info().get("workers", {}))
         get_run_logger().info("tasks run on Dask: %s (%d workers)", client.scheduler.address, workers)
         yield StageRunner(runner, dask=True)
+
+
+@contextlib.contextmanager
+def _workers_may_spawn(target: str) -> Iterator[None]:
+    """A `local` cluster's worker processes are started non-daemonic (Dask's `distributed.worker.daemon`), so
+    tokenize, merge and wiki-dump, one task each, start their own process pools there and use every core
+    (tasks/core/spawn.py); daemonic workers would run them in one process. A cluster of your own: its setting."""
+    if target != LOCAL:
+        yield
+        return
+    import dask
+
+    with dask.config.set({"distributed.worker.daemon": False}):  # read by each nanny as it starts its worker
+        yield
 
 
 @contextlib.contextmanager

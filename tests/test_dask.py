@@ -68,22 +68,49 @@ def cluster(data_dir):
         os.environ.update(saved)
 
 
-def test_local_stage_runner_leaves_the_environment_alone(data_dir, monkeypatch):
-    """A `local` cluster started for a stage must not leave OMP_NUM_THREADS=1 behind in the flow's process."""
+def _tokenize_in_children(inputs: list, out: Path) -> float:
+    """tokenize_corpus with 2 worker processes where it may start them; the CPU seconds of this process's
+    children that finished meanwhile (0 when it worked in-process)."""
+    import resource
+
+    def children() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    before = children()
+    tokenize_corpus(inputs, "gpt2", out, None, 0.1, "auto", 3000, 2)
+    return children() - before
+
+
+def test_local_cluster_workers_may_spawn_and_leave_the_environment_alone(data_dir, docs, tmp_path, monkeypatch):
+    """`--dask local`: the cluster's workers are not daemonic, so a stage's one task there starts its own process
+    pool (tokenize's encoders ran in child processes of the worker, same bytes as here); and the cluster does not
+    leave OMP_NUM_THREADS=1 behind in the flow's process."""
     from prefect import flow
+
+    from tasks.core.spawn import can_spawn
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # not the tests' 1, so that a nanny's reset to 1 shows
 
     from flows.runners import stage_runner
 
+    inputs = sorted(docs.glob("*.parquet"))
+
     @flow
-    def probe() -> int:
+    def probe() -> tuple[int, set, float]:
         with stage_runner("local") as r:
-            return len(r.runner.client.scheduler_info()["workers"])
+            client = r.runner.client
+            spawn = set(client.run(can_spawn).values())
+            child_cpu = client.submit(_tokenize_in_children, inputs, tmp_path / "worker", pure=False).result()
+            return len(client.scheduler_info()["workers"]), spawn, child_cpu
 
     before = dict(os.environ)
-    assert probe() >= 1
+    workers, spawn, child_cpu = probe()
+    assert workers >= 1 and spawn == {True}
+    assert child_cpu > 0  # the encoders were processes of the worker's own
     assert dict(os.environ) == before
+    tokenize_corpus(inputs, "gpt2", tmp_path / "here", None, 0.1, "auto", 3000, 1)
+    assert tree_hashes(tmp_path / "here") == tree_hashes(tmp_path / "worker")
 
 
 @pytest.fixture(scope="module")

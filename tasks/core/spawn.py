@@ -1,9 +1,9 @@
 """Whether this process may start worker processes of its own.
 
 A daemonic process may not have children (`multiprocessing` refuses: "daemonic processes are not
-allowed to have children"), and Dask workers are daemonic by default. Stages that parse or encode
-in spawned processes check `can_spawn()` and work in-process (or on threads) there instead: on
-Dask the parallelism comes from the cluster's workers.
+allowed to have children"), and Dask workers are daemonic by default (`distributed.worker.daemon`;
+`--dask local` starts them non-daemonic). Stages that parse or encode in spawned processes check
+`can_spawn()` and work in-process (or on threads) there instead.
 """
 
 from __future__ import annotations
