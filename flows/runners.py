@@ -136,7 +136,9 @@ def _workers_may_spawn(target: str) -> Iterator[None]:
         return
     import dask
 
-    with dask.config.set({"distributed.worker.daemon": False}):  # read by each nanny as it starts its worker
+    # read by each nanny as it starts (or restarts) its worker; Dask's config is process-wide, so while the stage
+    # runs any other cluster this process starts gets non-daemonic workers too
+    with dask.config.set({"distributed.worker.daemon": False}):
         yield
 
 

@@ -2,8 +2,9 @@
 
 Each stage runs twice, on the flow's own thread runner and on the cluster: the outputs must be the
 same bytes, and the scheduler's task stream must show the stage's tasks ran on the cluster's worker
-processes (not in this one). Dask workers are daemonic, so the stages' own process pools must step
-aside there: run with processes forced on, on a worker, they still give the same bytes.
+processes (not in this one). This module's workers are daemonic (Dask's default), so the stages' own
+multiprocessing pools must step aside there: run with processes forced on, on a worker, they still give
+the same bytes. `--dask local` starts non-daemonic workers, where the pools run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 from functools import partial
 from pathlib import Path
 
+import dask
 import distributed  # the `dev` extra installs prefect-dask: a missing one fails here, never skips
 import prefect_dask  # noqa: F401
 import pytest
@@ -68,9 +70,8 @@ def cluster(data_dir):
         os.environ.update(saved)
 
 
-def _tokenize_in_children(inputs: list, out: Path) -> float:
-    """tokenize_corpus with 2 worker processes where it may start them; the CPU seconds of this process's
-    children that finished meanwhile (0 when it worked in-process)."""
+def _children_cpu(fn, *args, **kwargs) -> float:
+    """Run fn(*args, **kwargs); the CPU seconds of this process's children that finished meanwhile."""
     import resource
 
     def children() -> float:
@@ -78,7 +79,7 @@ def _tokenize_in_children(inputs: list, out: Path) -> float:
         return r.ru_utime + r.ru_stime
 
     before = children()
-    tokenize_corpus(inputs, "gpt2", out, None, 0.1, "auto", 3000, 2)
+    fn(*args, **kwargs)
     return children() - before
 
 
@@ -101,7 +102,8 @@ def test_local_cluster_workers_may_spawn_and_leave_the_environment_alone(data_di
         with stage_runner("local") as r:
             client = r.runner.client
             spawn = set(client.run(can_spawn).values())
-            child_cpu = client.submit(_tokenize_in_children, inputs, tmp_path / "worker", pure=False).result()
+            child_cpu = client.submit(_children_cpu, tokenize_corpus, inputs, "gpt2", tmp_path / "worker", None, 0.1,
+                                      "auto", 3000, 2, pure=False).result()
             return len(client.scheduler_info()["workers"]), spawn, child_cpu
 
     before = dict(os.environ)
@@ -109,6 +111,7 @@ def test_local_cluster_workers_may_spawn_and_leave_the_environment_alone(data_di
     assert workers >= 1 and spawn == {True}
     assert child_cpu > 0  # the encoders were processes of the worker's own
     assert dict(os.environ) == before
+    assert dask.config.get("distributed.worker.daemon") is True  # Dask's default is back
     tokenize_corpus(inputs, "gpt2", tmp_path / "here", None, 0.1, "auto", 3000, 1)
     assert tree_hashes(tmp_path / "here") == tree_hashes(tmp_path / "worker")
 
@@ -209,16 +212,19 @@ def test_wiki_dump_on_dask_same_documents(cluster, tmp_path, on_workers):
 
 
 def test_process_pools_step_aside_on_a_worker(observer, docs, tmp_path):
-    """Processes forced on, run on a (daemonic) worker: the stages work in-process and give the same bytes.
+    """Processes forced on, run on a (daemonic) worker: tokenize and wiki-dump, whose pools are multiprocessing's,
+    work in-process; merge, whose workers are plain subprocesses, still starts them. Same bytes either way.
     (`partial`: `workers=` is a keyword of Client.submit itself.)"""
     inputs = sorted(docs.glob("*.parquet"))
     tokenize_corpus(inputs, "gpt2", tmp_path / "tok-here", processes=False)
-    observer.submit(tokenize_corpus, inputs, "gpt2", tmp_path / "tok-worker", processes=True, pure=False).result()
-    assert tree_hashes(tmp_path / "tok-here") == tree_hashes(tmp_path / "tok-worker")
+    cpu = observer.submit(_children_cpu, tokenize_corpus, inputs, "gpt2", tmp_path / "tok-worker", processes=True,
+                          pure=False).result()
+    assert cpu == 0 and tree_hashes(tmp_path / "tok-here") == tree_hashes(tmp_path / "tok-worker")
 
     merge_documents(inputs, tmp_path / "merge-here", workers=1)
-    observer.submit(partial(merge_documents, workers=2), inputs, tmp_path / "merge-worker", pure=False).result()
-    assert tree_hashes(tmp_path / "merge-here") == tree_hashes(tmp_path / "merge-worker")
+    cpu = observer.submit(partial(_children_cpu, merge_documents, workers=2), inputs, tmp_path / "merge-worker",
+                          pure=False).result()
+    assert cpu > 0 and tree_hashes(tmp_path / "merge-here") == tree_hashes(tmp_path / "merge-worker")
 
     dump = write_dump(tmp_path / "enwiki-20240101-pages-articles.xml", make_pages(40, seed=5))
     extract_dump(dump, tmp_path / "dump-here", workers=1, processes=False)

@@ -77,7 +77,6 @@ from tasks.corpus.documents import (
 from tasks.corpus.filters import check_languages, default_filters, span_hashes
 from tasks.corpus.merge_work import KEY, NORM, SIG, VERDICT, Item, Judge, Pool, auto_workers, conform, plan, read_spill
 from tasks.core.progress import progress
-from tasks.core.spawn import can_spawn
 
 FORMATS = ("parquet", "text")
 MIN_CHARS = 100
@@ -570,9 +569,9 @@ def decide(ids: list[str], stale: list[bool] | None, verdicts: list, keys: list,
 
 def _judged(items: list[Item], config: dict, workers: int, scratch_beside: Path) -> Iterator[pa.RecordBatch]:
     """The judged batches of every item, in input order: in this process, or from `workers` worker processes
-    (whose results are spilled to a scratch folder beside the output, removed at the end). A daemonic process
-    (a Dask worker) may not start processes: there the work stays in-process."""
-    if workers <= 1 or len(items) <= 1 or not can_spawn():
+    (whose results are spilled to a scratch folder beside the output, removed at the end). The workers are
+    plain subprocesses (merge_work.Pool), which a daemonic process (a Dask worker) may start too."""
+    if workers <= 1 or len(items) <= 1:
         judge = Judge(**config)
         for item in items:
             yield from judge.batches(item)
@@ -590,8 +589,8 @@ def _scratch(beside: Path) -> tempfile.TemporaryDirectory:
 
 def _spills(items: list[Item], config: dict, workers: int, scratch: Path) -> Iterator[Path]:
     """The judged batches of every item as one Arrow IPC file per item in `scratch`, in input order: written
-    by worker processes, or here (one worker or none, or where no process may be started)."""
-    if workers <= 1 or len(items) <= 1 or not can_spawn():
+    by worker processes, or here (one worker or none)."""
+    if workers <= 1 or len(items) <= 1:
         judge = Judge(**config)
         for k, item in enumerate(items):
             spill = scratch / f"item-{k:08d}.arrows"

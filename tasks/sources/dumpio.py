@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from model.errors import CookError
+from tasks.core.spawn import exit_with_parent
 
 try:  # optional: a faster (and parallel) bz2 decoder; the standard library is the fallback
     import indexed_bzip2
@@ -307,7 +308,8 @@ def ordered(fn: Callable, items: Iterable[tuple], workers: int) -> Iterator:
         for item in items:
             yield fn(*item)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
     inflight: collections.deque = collections.deque()
     try:
         for _ in range(workers):  # spawn every worker now, not one per submit
