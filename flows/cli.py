@@ -151,25 +151,31 @@ def _progress():
         yield p
 
 
-_startup_wait: int | None = None  # the wait for the temporary Prefect API in effect (for its error line)
+_EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API"
 
 
 @contextlib.contextmanager
 def _ephemeral_wait() -> Iterator[None]:
     """Without PREFECT_API_URL a command starts a temporary Prefect API, which Prefect waits 20 s for: a machine
     busy training or gathering can take longer, and a run failed for that alone is a false alarm. The CLI waits
-    EPHEMERAL_STARTUP_S unless PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is set (environment, profile, toml)."""
-    global _startup_wait
+    EPHEMERAL_STARTUP_S unless PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is set (environment, profile, toml).
+    One that never answers (slow, or failing at start-up: Prefect restarts it until the wait runs out, and what it
+    printed is above) is one line."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings, temporary_settings
 
     ephemeral = get_current_settings().server.ephemeral
-    if "startup_timeout_seconds" in ephemeral.model_fields_set:
-        _startup_wait = ephemeral.startup_timeout_seconds
-        yield
-        return
-    _startup_wait = EPHEMERAL_STARTUP_S
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_S}):
-        yield
+    given = "startup_timeout_seconds" in ephemeral.model_fields_set
+    wait = ephemeral.startup_timeout_seconds if given else EPHEMERAL_STARTUP_S
+    updates = {} if given else {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_S}
+    try:
+        with temporary_settings(updates=updates):
+            yield
+    except RuntimeError as e:
+        if _EPHEMERAL_TIMEOUT not in str(e):
+            raise
+        fail(f"the temporary Prefect API did not answer within {wait} s (any error it printed is above): start a "
+             "server and set PREFECT_API_URL (README: Run on a Prefect server), or wait longer with "
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
 
 
 def _run(fn, *args, **kwargs):
@@ -746,19 +752,6 @@ def server_setup(
     print_limits(rows)
 
 
-def _ephemeral_failure() -> str:
-    """One line for a temporary Prefect API that never answered: slow, or failing at start-up (Prefect restarts
-    a server that exits then, until the wait runs out; what it printed is above this line)."""
-    wait = _startup_wait
-    if wait is None:  # started outside `_run`: Prefect's own setting
-        from prefect.settings import get_current_settings
-
-        wait = get_current_settings().server.ephemeral.startup_timeout_seconds
-    return (f"the temporary Prefect API did not answer within {wait} s (any error it printed is above): start a "
-            "server and set PREFECT_API_URL (README: Run on a Prefect server), or wait longer with "
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `--debug` is accepted anywhere on the command line."""
     global DEBUG
@@ -778,9 +771,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # an unexpected failure: still one line unless --debug
         if DEBUG:
             raise
-        if "Timed out while attempting to connect to ephemeral Prefect API" in str(e):
-            typer.echo(f"error: {_ephemeral_failure()}", err=True)
-            sys.exit(EXIT_FAILED)
         typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", err=True)
         sys.exit(EXIT_FAILED)
 

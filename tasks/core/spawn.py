@@ -1,4 +1,4 @@
-"""Whether this process may start worker processes of its own, and pool workers that end with their parent.
+"""Whether this process may start worker processes of its own, and the process pools it starts.
 
 A daemonic process may not have children (`multiprocessing` refuses: "daemonic processes are not
 allowed to have children"), and Dask workers are daemonic by default (`distributed.worker.daemon`;
@@ -12,6 +12,8 @@ import multiprocessing
 import os
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 
 def can_spawn() -> bool:
@@ -19,9 +21,22 @@ def can_spawn() -> bool:
     return not multiprocessing.current_process().daemon
 
 
-def exit_with_parent(parent: int, interval: float = 0.5) -> None:
-    """Run in each pool worker process as it starts, with the pid of the process that started the pool: end this
-    one once that one is gone (at once if it already is).
+def process_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A ProcessPoolExecutor of `workers` spawned processes (never forked from a process with threads) that end
+    with this process: each runs `initializer(*initargs)` after starting its watch on this one (`_end_with`)."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(os.getpid(), initializer, initargs))
+
+
+def _start_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:
+    _end_with(parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _end_with(parent: int, interval: float = 0.5) -> None:
+    """In a pool worker: end this process once `parent` (the process that started the pool) is gone, at once if
+    it already is.
 
     A ProcessPoolExecutor worker waits on a queue whose write end it holds itself, so when its parent dies
     without shutting the pool down (a SIGKILLed `cook`, a Dask worker stopped mid-task) it would wait forever.
@@ -33,4 +48,4 @@ def exit_with_parent(parent: int, interval: float = 0.5) -> None:
             time.sleep(interval)
         os._exit(1)
 
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()

@@ -23,10 +23,9 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -47,7 +46,7 @@ from model.tokenizer import (TiktokenTokenizer, Tokenizer, default_threads, get_
 from tasks.corpus.documents import (TEXT_SEPARATOR, TEXT_SUFFIXES, expand_inputs, file_size, is_text_documents, open_documents,
                                     suffix, text_array)
 from tasks.core.progress import progress
-from tasks.core.spawn import can_spawn, exit_with_parent
+from tasks.core.spawn import can_spawn, process_pool
 
 DTYPES = ("auto", "uint16", "uint32")
 TASK_BYTES = 4 << 20  # text one worker reads and encodes at a time: many pieces per worker, flat memory
@@ -342,9 +341,8 @@ def encode_piece(piece: Piece, tok: Tokenizer, dtype: np.dtype) -> Encoded:
 _worker_state: tuple[Tokenizer, np.dtype] | None = None
 
 
-def _init_worker(tok: Tokenizer, dtype: np.dtype, parent: int) -> None:
+def _init_worker(tok: Tokenizer, dtype: np.dtype) -> None:
     global _worker_state
-    exit_with_parent(parent)
     _worker_state = (tok, np.dtype(dtype))
     pa.set_cpu_count(1)  # one core per worker: the parallelism is the workers
 
@@ -368,8 +366,7 @@ def encoded_pieces(pieces: list[Piece], tok: Tokenizer, dtype: np.dtype, workers
             yield p, encode_piece(p, tok, dtype)
         return
     if processes:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(tok, dtype, os.getpid()))
+        pool = process_pool(workers, _init_worker, (tok, dtype))
 
         def submit(p: Piece):
             return pool.submit(_encode_in_worker, p)

@@ -26,16 +26,14 @@ from __future__ import annotations
 import bz2
 import collections
 import importlib
-import multiprocessing
 import os
 import queue
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from model.errors import CookError
-from tasks.core.spawn import exit_with_parent
+from tasks.core.spawn import process_pool
 
 try:  # optional: a faster (and parallel) bz2 decoder; the standard library is the fallback
     import indexed_bzip2
@@ -308,8 +306,7 @@ def ordered(fn: Callable, items: Iterable[tuple], workers: int) -> Iterator:
         for item in items:
             yield fn(*item)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
-                               initargs=(os.getpid(),))
+    pool = process_pool(workers)
     inflight: collections.deque = collections.deque()
     try:
         for _ in range(workers):  # spawn every worker now, not one per submit
